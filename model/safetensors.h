@@ -15,6 +15,9 @@ namespace ponder::model {
 // length is bounded (kMaxHeaderBytes), it is JSON with an object per tensor, dtypes are
 // F32/BF16/F16, every byte range lies inside the data section, ranges do not overlap, and
 // each range's length equals shape x dtype size. Views stay valid while the file lives.
+// A view's data may be unaligned for its dtype when the header length is not a multiple of
+// the element size (the HF writer pads it to 8, so real checkpoints are aligned); readers
+// on strict-alignment targets copy with memcpy. The file must not be truncated while mapped.
 class SafetensorsFile {
  public:
   static constexpr uint64_t kMaxHeaderBytes = 100ull << 20;  // 100 MiB, as the HF reader
@@ -41,7 +44,7 @@ class SafetensorsFile {
 // All tensors of a checkpoint directory: `model.safetensors`, or the shards listed in
 // `model.safetensors.index.json` (weight_map: tensor name -> shard file). A missing shard,
 // a tensor listed in the index but absent from its shard, or a tensor stored twice is an
-// error naming the file and the tensor.
+// error naming the file and the tensor. Tensors a shard holds but the index omits are kept.
 class TensorStore {
  public:
   [[nodiscard]] static Result<TensorStore> OpenDir(const std::string& dir);
@@ -53,6 +56,8 @@ class TensorStore {
   // Which file holds `name` (for error messages); empty when absent.
   std::string FileOf(const std::string& name) const;
   uint64_t mapped_bytes() const;
+  // Paths of the mapped files, in opening order.
+  std::vector<std::string> file_paths() const;
 
  private:
   std::vector<std::shared_ptr<SafetensorsFile>> files_;

@@ -14,13 +14,16 @@ namespace ponder::model {
 // (vocab, merges as "a b" strings or [a, b] pairs, optional byte_fallback to <0xNN>
 // tokens), added/special tokens (matched before pre-tokenisation), the pre-tokenizer
 // (ByteLevel, Split with a regex, or a Sequence of them), the ByteLevel decoder and the
-// TemplateProcessing post-processor. Immutable after loading; thread-safe for reads.
+// TemplateProcessing post-processor. Also: Digits pre-tokenizer, Prepend/Replace normalizers,
+// ByteFallback/Fuse/Strip/Replace decoders, unk_token/fuse_unk, ignore_merges. Any other
+// component type is refused at load time with kUnimplemented naming its JSON path.
+// Immutable after loading; thread-safe for reads (an internal BPE cache is locked).
 class Tokenizer {
  public:
   [[nodiscard]] static Result<std::unique_ptr<Tokenizer>> FromFile(const std::string& path);
   // `source` names the text's origin in error messages.
   [[nodiscard]] static Result<std::unique_ptr<Tokenizer>> FromJson(const std::string& json_text,
-                                                                  const std::string& source);
+                                                                   const std::string& source);
   ~Tokenizer();
 
   // Encodes UTF-8 text (invalid UTF-8 bytes are encoded byte-wise, nothing is lost).
@@ -54,7 +57,6 @@ struct ChatMessage {
 // `<|begin_header|>{role}<|end_header|>\n\n{content|trim}<|end_turn|>`, BOS before the first,
 // role "assistant" written "Huginn"; `add_generation_prompt` appends the Huginn header,
 // otherwise `<|end_text|>` is appended. Encode the result with add_special_tokens=false.
-std::string ApplyChatTemplate(const std::vector<ChatMessage>& messages,
-                              bool add_generation_prompt);
+std::string ApplyChatTemplate(const std::vector<ChatMessage>& messages, bool add_generation_prompt);
 
 }  // namespace ponder::model

@@ -1,0 +1,13 @@
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace ponder::apps {
+
+// Each Add*Command registers a subcommand on `app`; its callback returns the process exit
+// status through `exit_code` (0 on success, 1 on an error printed to stderr).
+void AddInspectCommand(CLI::App& app, int& exit_code);
+void AddGenerateCommand(CLI::App& app, int& exit_code);
+void AddLogitsCommand(CLI::App& app, int& exit_code);
+
+}  // namespace ponder::apps

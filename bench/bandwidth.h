@@ -1,0 +1,123 @@
+#pragma once
+
+// A STREAM-style measurement of the machine's memory read bandwidth: the floor that
+// batch-1 decode (one pass over every weight per token) cannot beat. Header-only so that
+// any benchmark can report its throughput as a fraction of it.
+
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <vector>
+
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+#include "exec/cpu/kernels.h"
+
+namespace ponder::bench {
+
+struct BandwidthOptions {
+  // Buffer size in bytes; many times the last-level cache so that every pass reads DRAM.
+  size_t bytes = size_t{1} << 30;
+  // Timed passes over the buffer (after one untimed warm-up pass).
+  int passes = 5;
+  // Bytes per parallel work item.
+  size_t chunk_bytes = size_t{1} << 20;
+};
+
+struct BandwidthResult {
+  double best_bytes_per_second = 0.0;
+  double median_bytes_per_second = 0.0;
+};
+
+// Sum of p[0, n) (n a multiple of 64, p 64-byte aligned), with several independent
+// accumulators so that the loads, not the adds, bound the loop.
+inline float SumForBandwidth(const float* p, size_t n) {
+#if defined(__AVX512F__)
+  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  for (size_t i = 0; i < n; i += 64) {
+    a0 = _mm512_add_ps(a0, _mm512_load_ps(p + i));
+    a1 = _mm512_add_ps(a1, _mm512_load_ps(p + i + 16));
+    a2 = _mm512_add_ps(a2, _mm512_load_ps(p + i + 32));
+    a3 = _mm512_add_ps(a3, _mm512_load_ps(p + i + 48));
+  }
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+#elif defined(__AVX2__)
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  for (size_t i = 0; i < n; i += 32) {
+    a0 = _mm256_add_ps(a0, _mm256_load_ps(p + i));
+    a1 = _mm256_add_ps(a1, _mm256_load_ps(p + i + 8));
+    a2 = _mm256_add_ps(a2, _mm256_load_ps(p + i + 16));
+    a3 = _mm256_add_ps(a3, _mm256_load_ps(p + i + 24));
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+#else
+  float lanes[8] = {};
+  for (size_t i = 0; i < n; i += 8) {
+    for (int l = 0; l < 8; ++l) lanes[l] += p[i + l];
+  }
+#endif
+  float s = 0.0f;
+  for (float v : lanes) s += v;
+  return s;
+}
+
+// Allocates and touches options.bytes, then times `passes` parallel sums over it on the
+// pool's threads (pool may be null: the calling thread only). Takes about
+// (passes + 2) * bytes / bandwidth seconds and needs options.bytes of free memory.
+inline BandwidthResult MeasureReadBandwidth(exec::cpu::ThreadPool* pool,
+                                            const BandwidthOptions& options = {}) {
+  const size_t chunk = std::max<size_t>(64 * sizeof(float), options.chunk_bytes / 256 * 256);
+  const size_t chunks = std::max<size_t>(1, options.bytes / chunk);
+  const size_t floats_per_chunk = chunk / sizeof(float);
+  struct FreeDeleter {
+    void operator()(float* p) const { std::free(p); }
+  };
+  std::unique_ptr<float, FreeDeleter> buffer(
+      static_cast<float*>(std::aligned_alloc(64, chunks * chunk)));
+  if (!buffer) return {};
+  float* data = buffer.get();
+
+  auto for_chunks = [&](auto&& body) {
+    auto range = [&](int64_t b, int64_t e) {
+      for (int64_t c = b; c < e; ++c) body(static_cast<size_t>(c));
+    };
+    if (pool != nullptr) {
+      pool->ParallelFor(static_cast<int64_t>(chunks), 1, range);
+    } else {
+      range(0, static_cast<int64_t>(chunks));
+    }
+  };
+  // Touch every page (from the threads that will read it) so that no pass pays for faults.
+  for_chunks([&](size_t c) {
+    float* p = data + c * floats_per_chunk;
+    std::fill(p, p + floats_per_chunk, 1.0f);
+  });
+
+  std::vector<float> partial(chunks);
+  std::vector<double> rates;
+  for (int pass = -1; pass < std::max(1, options.passes); ++pass) {
+    const auto start = std::chrono::steady_clock::now();
+    for_chunks([&](size_t c) {
+      partial[c] = SumForBandwidth(data + c * floats_per_chunk, floats_per_chunk);
+    });
+    const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
+    // Keeps the sums observable so that the reads cannot be dropped.
+    volatile float sink = 0.0f;
+    for (float v : partial) sink = sink + v;
+    if (pass >= 0) rates.push_back(static_cast<double>(chunks * chunk) / elapsed.count());
+  }
+  std::sort(rates.begin(), rates.end());
+  BandwidthResult result;
+  result.best_bytes_per_second = rates.back();
+  result.median_bytes_per_second = rates[rates.size() / 2];
+  return result;
+}
+
+}  // namespace ponder::bench

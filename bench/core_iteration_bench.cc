@@ -1,0 +1,111 @@
+// One core iteration (adapter + the core block) at Huginn-0125 width, batch 1/4/16,
+// bf16 and f32 random weights, against the memory-bandwidth floor measured in the same
+// run: floor = bytes of weights one iteration reads / STREAM-style read bandwidth.
+//
+//   build/bench/core_iteration_bench [--threads N] [--repeats R] [--dtypes bf16,f32]
+//                                    [--batches 1,4,16] [--width huginn|small]
+// Prints one table row per (dtype, batch): median ms per iteration and % of the floor.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "bench/bandwidth.h"
+#include "exec/cpu/cpu_model.h"
+#include "tests/random_model.h"
+
+namespace {
+
+using ponder::DType;
+using namespace ponder::exec;
+
+std::vector<std::string> Split(const std::string& s) {
+  std::vector<std::string> out;
+  size_t b = 0;
+  while (b <= s.size()) {
+    size_t e = s.find(',', b);
+    if (e == std::string::npos) e = s.size();
+    out.push_back(s.substr(b, e - b));
+    b = e + 1;
+  }
+  return out;
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int threads = 0, repeats = 7;
+  std::string dtypes = "bf16,f32", batches = "1,4,16", width = "huginn";
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string k = argv[i], v = argv[i + 1];
+    if (k == "--threads") threads = std::stoi(v);
+    else if (k == "--repeats") repeats = std::stoi(v);
+    else if (k == "--dtypes") dtypes = v;
+    else if (k == "--batches") batches = v;
+    else if (k == "--width") width = v;
+    else {
+      std::fprintf(stderr, "unknown option %s\n", k.c_str());
+      return 2;
+    }
+  }
+  cpu::ThreadPool pool(threads);
+  // Huginn-0125: n_embd 5280, 55 heads, mlp 17920, a 4-layer core block. Prelude and
+  // coda are not part of one iteration; a tiny vocabulary keeps memory for the core.
+  ponder::model::Config cfg =
+      width == "huginn" ? ponder::testing::SmallConfig(5280, 55, 17920, 0, 4, 0, 64)
+                        : ponder::testing::SmallConfig(512, 8, 1536, 0, 4, 0, 64);
+  // The floor uses the best pass: the most favourable bandwidth, so the strictest floor.
+  const auto measured = ponder::bench::MeasureReadBandwidth(&pool);
+  const double bw = measured.best_bytes_per_second;
+  std::printf("machine: %d threads; STREAM-style read bandwidth best %.1f GB/s, median %.1f GB/s\n",
+              pool.threads(), bw / 1e9, measured.median_bytes_per_second / 1e9);
+  std::printf("%-6s %6s %12s %12s %12s %10s\n", "dtype", "batch", "weights_MB", "floor_ms",
+              "median_ms", "of_floor");
+  for (const std::string& dt : Split(dtypes)) {
+    const DType dtype = dt == "f32" ? DType::kF32 : dt == "f16" ? DType::kF16 : DType::kBF16;
+    ponder::testing::RandomModel rm(cfg, dtype, 1);
+    const auto& w = rm.weights();
+    uint64_t bytes = w.adapter.bytes();
+    for (const auto& b : w.core) {
+      for (const auto* t : {&b.norm_1, &b.norm_2, &b.norm_3, &b.norm_4, &b.wqkv, &b.qk_bias,
+                            &b.attn_proj, &b.mlp_fc, &b.mlp_proj}) {
+        bytes += t->bytes();
+      }
+    }
+    cpu::CpuModel model(rm.config(), w, &pool);
+    const double floor_s = static_cast<double>(bytes) / bw;
+    for (const std::string& bs : Split(batches)) {
+      const int64_t batch = std::stoll(bs);
+      std::vector<std::unique_ptr<SequenceCache>> caches;
+      std::vector<cpu::Chunk> chunks;
+      for (int64_t b = 0; b < batch; ++b) {
+        caches.push_back(model.NewCache());
+        chunks.push_back({caches.back().get(), 0, 1});
+      }
+      const int64_t d = cfg.n_embd;
+      std::vector<float> e(batch * d, 0.01f), s(batch * d);
+      std::vector<int64_t> its(batch, 1);
+      model.InitState(chunks, 1, 0, 1.0, s.data());
+      model.CoreStep(chunks, its, e.data(), s.data());  // warm-up
+      std::vector<double> times;
+      for (int r = 0; r < repeats; ++r) {
+        const auto t0 = std::chrono::steady_clock::now();
+        model.CoreStep(chunks, its, e.data(), s.data());
+        times.push_back(
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      }
+      const double med = Median(times);
+      std::printf("%-6s %6lld %12.1f %12.2f %12.2f %9.1f%%\n", dt.c_str(), (long long)batch,
+                  bytes / 1e6, floor_s * 1e3, med * 1e3, 100.0 * floor_s / med);
+      std::fflush(stdout);
+    }
+  }
+  return 0;
+}

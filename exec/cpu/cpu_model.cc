@@ -1,0 +1,335 @@
+#include "exec/cpu/cpu_model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+namespace ponder::exec::cpu {
+namespace {
+
+int64_t TotalRows(std::span<const Chunk> chunks) {
+  int64_t n = 0;
+  for (const Chunk& c : chunks) n += c.count;
+  return n;
+}
+
+void Grow(std::vector<float>& buf, size_t n) {
+  if (buf.size() < n) buf.resize(n);
+}
+
+// x[i] += y[i].
+void AddInPlace(float* x, const float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] += y[i];
+}
+
+uint64_t SplitMix64(uint64_t& state) {
+  uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+// Uniform in (0, 1).
+double Uniform(uint64_t& state) {
+  return (static_cast<double>(SplitMix64(state) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+}
+
+}  // namespace
+
+CpuModel::CpuModel(const model::Config& config, const model::Weights& weights, ThreadPool* pool)
+    : config_(config),
+      weights_(weights),
+      pool_(pool),
+      d_(config.n_embd),
+      heads_(config.n_heads),
+      head_dim_(config.head_dim),
+      ffn_(config.intermediate_size) {
+  // RoPE on adjacent pairs: angle(p, i) = p / base^(2i / head_dim). As the reference,
+  // the inverse frequencies and the angles are f32 values (this matters at long
+  // positions: the angle's rounding is part of the trained model).
+  const int64_t half = head_dim_ / 2;
+  rope_cos_.resize(config.block_size * half);
+  rope_sin_.resize(config.block_size * half);
+  for (int64_t i = 0; i < half; ++i) {
+    const float exponent = static_cast<float>(2 * i) / static_cast<float>(head_dim_);
+    const float inv_freq =
+        1.0f / static_cast<float>(std::pow(static_cast<double>(static_cast<float>(
+                                               config.rope_base)),
+                                           static_cast<double>(exponent)));
+    for (int64_t p = 0; p < config.block_size; ++p) {
+      const float angle = static_cast<float>(p) * inv_freq;
+      rope_cos_[p * half + i] = static_cast<float>(std::cos(static_cast<double>(angle)));
+      rope_sin_[p * half + i] = static_cast<float>(std::sin(static_cast<double>(angle)));
+    }
+  }
+}
+
+std::unique_ptr<SequenceCache> CpuModel::NewCache(KvStrategy strategy) const {
+  return std::make_unique<SequenceCache>(config_.n_layers_in_prelude,
+                                         config_.n_layers_in_recurrent_block,
+                                         config_.n_layers_in_coda, d_, strategy);
+}
+
+Status CpuModel::Prelude(std::span<const Chunk> chunks, std::span<const int32_t> tokens,
+                         float* e) {
+  const int64_t n = TotalRows(chunks);
+  if (static_cast<int64_t>(tokens.size()) != n) {
+    return InvalidArgument("prelude: " + std::to_string(tokens.size()) + " tokens for " +
+                           std::to_string(n) + " rows");
+  }
+  for (const Chunk& c : chunks) {
+    if (c.count < 1 || c.pos < 0 || c.pos + c.count > config_.block_size) {
+      return OutOfRange("prelude: positions [" + std::to_string(c.pos) + ", " +
+                        std::to_string(c.pos + c.count) + ") exceed block_size " +
+                        std::to_string(config_.block_size));
+    }
+  }
+  for (int64_t r = 0; r < n; ++r) {
+    const int32_t id = tokens[r];
+    if (id < 0 || id >= weights_.wte.shape[0]) {
+      return OutOfRange("prelude: token id " + std::to_string(id) + " at row " +
+                        std::to_string(r) + " is outside the vocabulary [0, " +
+                        std::to_string(weights_.wte.shape[0]) + ")");
+    }
+  }
+  const float scale = static_cast<float>(config_.embed_scale);
+  for (int64_t r = 0; r < n; ++r) {
+    float* row = e + r * d_;
+    ToF32(weights_.wte, static_cast<int64_t>(tokens[r]) * d_, d_, row);
+    for (int64_t j = 0; j < d_; ++j) row[j] *= scale;
+  }
+  slot_ptrs_.resize(chunks.size());
+  for (int64_t l = 0; l < config_.n_layers_in_prelude; ++l) {
+    for (size_t b = 0; b < chunks.size(); ++b) slot_ptrs_[b] = &chunks[b].cache->Prelude(l);
+    Block(chunks, weights_.prelude[l], slot_ptrs_, e);
+  }
+  return Status::Ok();
+}
+
+void CpuModel::InitState(std::span<const Chunk> chunks, uint64_t seed, uint64_t stream,
+                         double scale, float* s) const {
+  int64_t row = 0;
+  const double std = config_.init_std;
+  const double mult = config_.embed_scale * scale;
+  for (const Chunk& c : chunks) {
+    for (int64_t t = 0; t < c.count; ++t, ++row) {
+      float* out = s + row * d_;
+      if (scale == 0.0) {
+        std::fill(out, out + d_, 0.0f);
+        continue;
+      }
+      uint64_t state = seed;
+      SplitMix64(state);
+      state ^= 0xd1b54a32d192ed03ull * (stream + 1);
+      SplitMix64(state);
+      state ^= 0x8cb92ba72f3d8dd7ull * static_cast<uint64_t>(c.pos + t + 1);
+      for (int64_t j = 0; j < d_; ++j) {
+        double z;
+        do {  // Box-Muller, rejecting draws beyond 3 standard deviations.
+          z = std::sqrt(-2.0 * std::log(Uniform(state))) * std::cos(2.0 * M_PI * Uniform(state));
+        } while (std::fabs(z) > 3.0);
+        out[j] = static_cast<float>(z * std * mult);
+      }
+    }
+  }
+}
+
+void CpuModel::CoreStep(std::span<const Chunk> chunks, std::span<const int64_t> iterations,
+                        const float* e, float* s) {
+  const int64_t n = TotalRows(chunks);
+  // Adapter input: [state, embedded input] per row, [N, 2d].
+  Grow(cat_, n * 2 * d_);
+  for (int64_t r = 0; r < n; ++r) {
+    std::memcpy(&cat_[r * 2 * d_], s + r * d_, d_ * sizeof(float));
+    std::memcpy(&cat_[r * 2 * d_ + d_], e + r * d_, d_ * sizeof(float));
+  }
+  Linear(cat_.data(), n, 2 * d_, weights_.adapter, s, d_, pool_);
+  slot_ptrs_.resize(chunks.size());
+  for (int64_t l = 0; l < config_.n_layers_in_recurrent_block; ++l) {
+    for (size_t b = 0; b < chunks.size(); ++b) {
+      slot_ptrs_[b] = &chunks[b].cache->Core(iterations[b], l);
+    }
+    Block(chunks, weights_.core[l], slot_ptrs_, s);
+  }
+}
+
+void CpuModel::Coda(std::span<const Chunk> chunks, const float* s, bool last_only,
+                    float* logits) {
+  const int64_t n = TotalRows(chunks);
+  std::vector<float> x(n * d_);
+  RmsNorm(s, n, d_, weights_.ln_f, config_.norm_eps, x.data());
+  slot_ptrs_.resize(chunks.size());
+  for (int64_t l = 0; l < config_.n_layers_in_coda; ++l) {
+    for (size_t b = 0; b < chunks.size(); ++b) slot_ptrs_[b] = &chunks[b].cache->Coda(l);
+    Block(chunks, weights_.coda[l], slot_ptrs_, x.data());
+  }
+  for (const Chunk& c : chunks) {
+    c.cache->set_tokens(std::max(c.cache->tokens(), c.pos + c.count));
+  }
+  if (logits == nullptr) return;
+  if (last_only) {
+    // Gather the last row of each chunk.
+    std::vector<float> last(chunks.size() * d_);
+    int64_t row = 0;
+    for (size_t b = 0; b < chunks.size(); ++b) {
+      row += chunks[b].count;
+      std::memcpy(&last[b * d_], &x[(row - 1) * d_], d_ * sizeof(float));
+    }
+    x.swap(last);
+  }
+  const int64_t rows = last_only ? static_cast<int64_t>(chunks.size()) : n;
+  RmsNorm(x.data(), rows, d_, weights_.ln_f, config_.norm_eps, x.data());
+  const int64_t vocab = weights_.lm_head.shape[0];
+  Linear(x.data(), rows, d_, weights_.lm_head, logits, vocab, pool_);
+}
+
+void CpuModel::Block(std::span<const Chunk> chunks, const model::BlockWeights& w,
+                     std::span<KvSlot* const> slots, float* x) {
+  const int64_t n = TotalRows(chunks);
+  Grow(h_, n * d_);
+  Grow(qkv_, n * 3 * d_);
+  Grow(attn_, n * d_);
+  Grow(tmp_, n * d_);
+  Grow(ffn_buf_, n * 2 * ffn_);
+  // x = norm_2(x + attn(norm_1(x)))
+  RmsNorm(x, n, d_, w.norm_1, config_.norm_eps, h_.data());
+  Linear(h_.data(), n, d_, w.wqkv, qkv_.data(), 3 * d_, pool_);
+  Attention(chunks, slots, w, qkv_.data(), attn_.data());
+  Linear(attn_.data(), n, d_, w.attn_proj, tmp_.data(), d_, pool_);
+  AddInPlace(x, tmp_.data(), n * d_);
+  RmsNorm(x, n, d_, w.norm_2, config_.norm_eps, x);
+  // x = norm_4(x + mlp(norm_3(x))), mlp = proj(silu(gate) * up)
+  RmsNorm(x, n, d_, w.norm_3, config_.norm_eps, h_.data());
+  Linear(h_.data(), n, d_, w.mlp_fc, ffn_buf_.data(), 2 * ffn_, pool_);
+  for (int64_t r = 0; r < n; ++r) {
+    float* g = &ffn_buf_[r * 2 * ffn_];
+    const float* u = g + ffn_;
+    for (int64_t j = 0; j < ffn_; ++j) g[j] = g[j] / (1.0f + std::exp(-g[j])) * u[j];
+  }
+  Linear(ffn_buf_.data(), n, 2 * ffn_, w.mlp_proj, tmp_.data(), d_, pool_);
+  AddInPlace(x, tmp_.data(), n * d_);
+  RmsNorm(x, n, d_, w.norm_4, config_.norm_eps, x);
+}
+
+void CpuModel::Attention(std::span<const Chunk> chunks, std::span<KvSlot* const> slots,
+                         const model::BlockWeights& w, float* qkv, float* out) {
+  const int64_t half = head_dim_ / 2;
+  const int64_t ld = 3 * d_;
+  // qk bias (before RoPE), RoPE on q and k, then write k and v into the slots.
+  std::vector<float> qb, kb;
+  if (!w.qk_bias.empty()) {
+    qb.resize(d_);
+    kb.resize(d_);
+    ToF32(w.qk_bias, 0, d_, qb.data());
+    ToF32(w.qk_bias, d_, d_, kb.data());
+  }
+  int64_t row = 0;
+  for (size_t b = 0; b < chunks.size(); ++b) {
+    const Chunk& c = chunks[b];
+    KvSlot& slot = *slots[b];
+    EnsureCapacity(slot, c.pos + c.count, d_);
+    slot.length = std::max(slot.length, c.pos + c.count);
+    for (int64_t t = 0; t < c.count; ++t, ++row) {
+      float* q = qkv + row * ld;
+      float* k = q + d_;
+      const float* v = k + d_;
+      if (!qb.empty()) {
+        AddInPlace(q, qb.data(), d_);
+        AddInPlace(k, kb.data(), d_);
+      }
+      const float* cs = &rope_cos_[(c.pos + t) * half];
+      const float* sn = &rope_sin_[(c.pos + t) * half];
+      for (int64_t h = 0; h < heads_; ++h) {
+        for (float* x : {q + h * head_dim_, k + h * head_dim_}) {
+          for (int64_t i = 0; i < half; ++i) {
+            const float x0 = x[2 * i], x1 = x[2 * i + 1];
+            x[2 * i] = x0 * cs[i] - x1 * sn[i];
+            x[2 * i + 1] = x0 * sn[i] + x1 * cs[i];
+          }
+        }
+      }
+      std::memcpy(&slot.k[(c.pos + t) * d_], k, d_ * sizeof(float));
+      std::memcpy(&slot.v[(c.pos + t) * d_], v, d_ * sizeof(float));
+    }
+  }
+  // Causal attention per (chunk, head): the query at position p sees keys 0..p.
+  std::vector<int64_t> offsets(chunks.size() + 1, 0);
+  int64_t max_ctx = 0;
+  for (size_t b = 0; b < chunks.size(); ++b) {
+    offsets[b + 1] = offsets[b] + chunks[b].count;
+    max_ctx = std::max(max_ctx, chunks[b].pos + chunks[b].count);
+  }
+  const int64_t tasks = static_cast<int64_t>(chunks.size()) * heads_;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim_));
+  int64_t work = 0;
+  for (const Chunk& c : chunks) work += c.count * (c.pos + c.count);
+  const int64_t grain = work * head_dim_ * heads_ < (1 << 16) ? tasks : 1;
+  auto body = [&](int64_t begin, int64_t end) {
+    std::vector<float> scores(max_ctx);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / heads_, h = task % heads_;
+      const Chunk& c = chunks[b];
+      const KvSlot& slot = *slots[b];
+      for (int64_t t = 0; t < c.count; ++t) {
+        const int64_t r = offsets[b] + t;
+        const float* q = qkv + r * ld + h * head_dim_;
+        const int64_t ctx = c.pos + t + 1;
+        float mx = -INFINITY;
+        for (int64_t p = 0; p < ctx; ++p) {
+          const float* k = &slot.k[p * d_ + h * head_dim_];
+          float dot = 0.0f;
+          for (int64_t i = 0; i < head_dim_; ++i) dot += q[i] * k[i];
+          scores[p] = dot * scale;
+          mx = std::max(mx, scores[p]);
+        }
+        float sum = 0.0f;
+        for (int64_t p = 0; p < ctx; ++p) {
+          scores[p] = std::exp(scores[p] - mx);
+          sum += scores[p];
+        }
+        float* o = out + r * d_ + h * head_dim_;
+        std::fill(o, o + head_dim_, 0.0f);
+        const float inv = 1.0f / sum;
+        for (int64_t p = 0; p < ctx; ++p) {
+          const float* v = &slot.v[p * d_ + h * head_dim_];
+          const float wgt = scores[p] * inv;
+          for (int64_t i = 0; i < head_dim_; ++i) o[i] += wgt * v[i];
+        }
+      }
+    }
+  };
+  if (pool_ != nullptr) {
+    pool_->ParallelFor(tasks, grain, body);
+  } else {
+    body(0, tasks);
+  }
+}
+
+Result<std::vector<float>> CpuModel::Forward(SequenceCache& cache,
+                                             std::span<const int32_t> tokens, int64_t steps,
+                                             const float* state, uint64_t seed,
+                                             double init_scale,
+                                             std::vector<float>* final_state) {
+  if (tokens.empty()) return InvalidArgument("forward: no tokens");
+  if (steps < 1) return InvalidArgument("forward: steps must be >= 1");
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  Chunk chunk{&cache, cache.tokens(), n};
+  std::span<const Chunk> chunks(&chunk, 1);
+  std::vector<float> e(n * d_), s(n * d_);
+  PONDER_RETURN_IF_ERROR(Prelude(chunks, tokens, e.data()));
+  if (state != nullptr) {
+    std::memcpy(s.data(), state, s.size() * sizeof(float));
+  } else {
+    InitState(chunks, seed, 0, init_scale, s.data());
+  }
+  for (int64_t i = 1; i <= steps; ++i) {
+    const int64_t it = i;
+    CoreStep(chunks, std::span<const int64_t>(&it, 1), e.data(), s.data());
+  }
+  std::vector<float> logits(n * weights_.lm_head.shape[0]);
+  Coda(chunks, s.data(), /*last_only=*/false, logits.data());
+  if (final_state != nullptr) *final_state = std::move(s);
+  return logits;
+}
+
+}  // namespace ponder::exec::cpu

@@ -1,0 +1,67 @@
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+
+namespace ponder::exec {
+
+// How core iterations map onto cache slots (reference/huginn.md §4). A core slot is
+// addressed by the 0-based "core step index" c = n_core * (iteration - 1) + layer.
+struct KvStrategy {
+  enum class Kind { kFull, kCompressS };
+  Kind kind = Kind::kFull;
+  int64_t ring = 0;  // N of compress-sN: core slot = c mod N
+
+  // "full" or "compress-sN" (N >= 1).
+  [[nodiscard]] static Result<KvStrategy> Parse(const std::string& text);
+  std::string Name() const;
+  // Core slot of core step index c.
+  int64_t CoreSlot(int64_t c) const { return kind == Kind::kFull ? c : c % ring; }
+  // Number of core slots needed for `iterations` iterations of an n_core-layer block.
+  int64_t CoreSlots(int64_t iterations, int64_t n_core) const;
+};
+
+// Keys and values of one cache slot for one sequence: rows are token positions,
+// [capacity, width] f32 each (width = n_heads * head_dim).
+struct KvSlot {
+  std::vector<float> k, v;
+  int64_t length = 0;  // positions [0, length) are written
+};
+
+// The cache of one sequence: prelude slots, core slots (per strategy), coda slots.
+// Not thread-safe; a sequence is advanced by one caller at a time.
+class SequenceCache {
+ public:
+  SequenceCache(int64_t n_prelude, int64_t n_core, int64_t n_coda, int64_t width,
+                KvStrategy strategy);
+
+  // Slot of a prelude layer, a core (iteration >= 1, layer) pair, or a coda layer.
+  KvSlot& Prelude(int64_t layer) { return prelude_[layer]; }
+  KvSlot& Core(int64_t iteration, int64_t layer);
+  KvSlot& Coda(int64_t layer) { return coda_[layer]; }
+
+  // Tokens whose whole forward pass (through the coda) is cached.
+  int64_t tokens() const { return tokens_; }
+  void set_tokens(int64_t n) { tokens_ = n; }
+  int64_t width() const { return width_; }
+  const KvStrategy& strategy() const { return strategy_; }
+  // Bytes held by keys and values (allocated capacity).
+  uint64_t bytes() const;
+  // Drops every position >= n in every slot (used to roll back or reset).
+  void Truncate(int64_t n);
+
+ private:
+  int64_t n_core_;
+  int64_t width_;
+  KvStrategy strategy_;
+  std::vector<KvSlot> prelude_, core_, coda_;
+  int64_t tokens_ = 0;
+};
+
+// Makes room for positions [0, end) in a slot, growing geometrically.
+void EnsureCapacity(KvSlot& slot, int64_t end, int64_t width);
+
+}  // namespace ponder::exec
