@@ -34,33 +34,43 @@ struct BandwidthResult {
   double median_bytes_per_second = 0.0;
 };
 
-// Sum of p[0, n) (n a multiple of 64, p 64-byte aligned), with several independent
-// accumulators so that the loads, not the adds, bound the loop.
+// Sum of p[0, n) (n a multiple of 64, p 64-byte aligned), read as four concurrent
+// streams (the four quarters of the range): one sequential stream per core leaves the
+// memory system underused (about 25% lower figures here), while the GEMV kernels read
+// several weight rows at once.
 inline float SumForBandwidth(const float* p, size_t n) {
+  const size_t q = n / 4;
+  const float* p0 = p;
+  const float* p1 = p + q;
+  const float* p2 = p + 2 * q;
+  const float* p3 = p + 3 * q;
 #if defined(__AVX512F__)
   __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-  for (size_t i = 0; i < n; i += 64) {
-    a0 = _mm512_add_ps(a0, _mm512_load_ps(p + i));
-    a1 = _mm512_add_ps(a1, _mm512_load_ps(p + i + 16));
-    a2 = _mm512_add_ps(a2, _mm512_load_ps(p + i + 32));
-    a3 = _mm512_add_ps(a3, _mm512_load_ps(p + i + 48));
+  for (size_t i = 0; i < q; i += 16) {
+    a0 = _mm512_add_ps(a0, _mm512_load_ps(p0 + i));
+    a1 = _mm512_add_ps(a1, _mm512_load_ps(p1 + i));
+    a2 = _mm512_add_ps(a2, _mm512_load_ps(p2 + i));
+    a3 = _mm512_add_ps(a3, _mm512_load_ps(p3 + i));
   }
   alignas(64) float lanes[16];
   _mm512_store_ps(lanes, _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
 #elif defined(__AVX2__)
   __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-  for (size_t i = 0; i < n; i += 32) {
-    a0 = _mm256_add_ps(a0, _mm256_load_ps(p + i));
-    a1 = _mm256_add_ps(a1, _mm256_load_ps(p + i + 8));
-    a2 = _mm256_add_ps(a2, _mm256_load_ps(p + i + 16));
-    a3 = _mm256_add_ps(a3, _mm256_load_ps(p + i + 24));
+  for (size_t i = 0; i < q; i += 8) {
+    a0 = _mm256_add_ps(a0, _mm256_load_ps(p0 + i));
+    a1 = _mm256_add_ps(a1, _mm256_load_ps(p1 + i));
+    a2 = _mm256_add_ps(a2, _mm256_load_ps(p2 + i));
+    a3 = _mm256_add_ps(a3, _mm256_load_ps(p3 + i));
   }
   alignas(32) float lanes[8];
   _mm256_store_ps(lanes, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
 #else
-  float lanes[8] = {};
-  for (size_t i = 0; i < n; i += 8) {
-    for (int l = 0; l < 8; ++l) lanes[l] += p[i + l];
+  float lanes[4] = {};
+  for (size_t i = 0; i < q; ++i) {
+    lanes[0] += p0[i];
+    lanes[1] += p1[i];
+    lanes[2] += p2[i];
+    lanes[3] += p3[i];
   }
 #endif
   float s = 0.0f;

@@ -71,19 +71,26 @@ const Weights& BigWeights(DType dtype) {
   return dtype == DType::kBF16 ? bf16 : f32;
 }
 
+// Fits the per-core L2 cache: measures the kernel's own ceiling, not the memory's.
+const Weights& CachedWeights(DType dtype) {
+  static const Weights bf16 = MakeWeights(DType::kBF16, 64, kBigIn);
+  static const Weights f32 = MakeWeights(DType::kF32, 32, kBigIn);
+  return dtype == DType::kBF16 ? bf16 : f32;
+}
+
 const Weights& TinyWeights() {
   static const Weights f32 = MakeWeights(DType::kF32, kTinyOut, kTinyIn);
   return f32;
 }
 
-void RunLinear(benchmark::State& state, const TensorView& w) {
+void RunLinear(benchmark::State& state, const TensorView& w, ThreadPool* pool = &Pool()) {
   const int64_t n = state.range(0);
   const int64_t out = w.shape[0];
   const int64_t in = w.shape[1];
   std::vector<float> x(n * in, 0.5f);
   std::vector<float> y(n * out);
   for (auto _ : state) {
-    exec::cpu::Linear(x.data(), n, in, w, y.data(), out, &Pool());
+    exec::cpu::Linear(x.data(), n, in, w, y.data(), out, pool);
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
   }
@@ -109,6 +116,9 @@ BENCHMARK(BM_LinearBigBf16)
     ->Arg(1)
     ->Arg(4)
     ->Arg(16)
+    ->Arg(32)
+    ->Arg(64)
+    ->Arg(256)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_LinearBigF32)
@@ -116,8 +126,31 @@ BENCHMARK(BM_LinearBigF32)
     ->Arg(1)
     ->Arg(4)
     ->Arg(16)
+    ->Arg(32)
+    ->Arg(64)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
+
+// Single thread, weights resident in L2 (reported bytes/s is the kernel's compute ceiling).
+void BM_LinearCachedBf16(benchmark::State& state) {
+  RunLinear(state, CachedWeights(DType::kBF16).view, nullptr);
+}
+void BM_LinearCachedF32(benchmark::State& state) {
+  RunLinear(state, CachedWeights(DType::kF32).view, nullptr);
+}
+
+BENCHMARK(BM_LinearCachedBf16)
+    ->ArgName("n")
+    ->Arg(1)
+    ->Arg(4)
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_LinearCachedF32)
+    ->ArgName("n")
+    ->Arg(1)
+    ->Arg(4)
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_LinearTinyF32)->ArgName("n")->Arg(1)->UseRealTime()->Unit(benchmark::kMicrosecond);
 
 // One parallel summing pass over a 1 GiB buffer per iteration.

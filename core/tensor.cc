@@ -2,13 +2,17 @@
 
 namespace ponder {
 
+// Tensors in a safetensors file need not be aligned for their dtype: read with memcpy.
 float TensorView::At(int64_t i) const {
-  switch (dtype) {
-    case DType::kF32: return static_cast<const float*>(data)[i];
-    case DType::kBF16: return Bf16ToF32(static_cast<const uint16_t*>(data)[i]);
-    case DType::kF16: return F16ToF32(static_cast<const uint16_t*>(data)[i]);
+  const char* p = static_cast<const char*>(data) + i * static_cast<int64_t>(DTypeSize(dtype));
+  if (dtype == DType::kF32) {
+    float f;
+    std::memcpy(&f, p, 4);
+    return f;
   }
-  return 0.0f;
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return dtype == DType::kBF16 ? Bf16ToF32(h) : F16ToF32(h);
 }
 
 std::string ShapeString(const std::vector<int64_t>& shape) {

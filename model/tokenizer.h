@@ -27,7 +27,9 @@ class Tokenizer {
   ~Tokenizer();
 
   // Encodes UTF-8 text (invalid UTF-8 bytes are encoded byte-wise, nothing is lost).
-  // `add_special_tokens` applies the post-processor template (e.g. BOS ... EOS).
+  // `add_special_tokens` applies the post-processor template (e.g. BOS ... EOS). Fails with
+  // kInvalidArgument if a character has no token and the model has neither byte_fallback
+  // tokens nor an unk_token for it.
   [[nodiscard]] Result<std::vector<int32_t>> Encode(const std::string& text,
                                                     bool add_special_tokens = false) const;
   // Decodes ids to text; `skip_special_tokens` drops special added tokens. Unknown ids

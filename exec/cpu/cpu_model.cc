@@ -4,6 +4,8 @@
 #include <cmath>
 #include <cstring>
 
+#include <Eigen/Core>
+
 namespace ponder::exec::cpu {
 namespace {
 
@@ -254,48 +256,47 @@ void CpuModel::Attention(std::span<const Chunk> chunks, std::span<KvSlot* const>
   }
   // Causal attention per (chunk, head): the query at position p sees keys 0..p.
   std::vector<int64_t> offsets(chunks.size() + 1, 0);
-  int64_t max_ctx = 0;
-  for (size_t b = 0; b < chunks.size(); ++b) {
-    offsets[b + 1] = offsets[b] + chunks[b].count;
-    max_ctx = std::max(max_ctx, chunks[b].pos + chunks[b].count);
-  }
+  for (size_t b = 0; b < chunks.size(); ++b) offsets[b + 1] = offsets[b] + chunks[b].count;
   const int64_t tasks = static_cast<int64_t>(chunks.size()) * heads_;
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim_));
   int64_t work = 0;
   for (const Chunk& c : chunks) work += c.count * (c.pos + c.count);
   const int64_t grain = work * head_dim_ * heads_ < (1 << 16) ? tasks : 1;
+  using RowMajor = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using ConstStrided = Eigen::Map<const RowMajor, 0, Eigen::OuterStride<>>;
+  using Strided = Eigen::Map<RowMajor, 0, Eigen::OuterStride<>>;
   auto body = [&](int64_t begin, int64_t end) {
-    std::vector<float> scores(max_ctx);
+    RowMajor probs;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / heads_, h = task % heads_;
       const Chunk& c = chunks[b];
       const KvSlot& slot = *slots[b];
+      const int64_t ctx = c.pos + c.count;  // keys visible to the last new row
+      // Q [count, hd], K and V [ctx, hd]: views with row strides into qkv and the slot.
+      ConstStrided q(qkv + offsets[b] * ld + h * head_dim_, c.count, head_dim_,
+                     Eigen::OuterStride<>(ld));
+      ConstStrided k(slot.k.data() + h * head_dim_, ctx, head_dim_, Eigen::OuterStride<>(d_));
+      ConstStrided v(slot.v.data() + h * head_dim_, ctx, head_dim_, Eigen::OuterStride<>(d_));
+      probs.resize(c.count, ctx);
+      probs.noalias() = q * k.transpose();
+      // Row t is the query at position pos + t: causal (lower-right) mask, softmax.
       for (int64_t t = 0; t < c.count; ++t) {
-        const int64_t r = offsets[b] + t;
-        const float* q = qkv + r * ld + h * head_dim_;
-        const int64_t ctx = c.pos + t + 1;
+        const int64_t visible = c.pos + t + 1;
+        float* row = probs.row(t).data();
         float mx = -INFINITY;
-        for (int64_t p = 0; p < ctx; ++p) {
-          const float* k = &slot.k[p * d_ + h * head_dim_];
-          float dot = 0.0f;
-          for (int64_t i = 0; i < head_dim_; ++i) dot += q[i] * k[i];
-          scores[p] = dot * scale;
-          mx = std::max(mx, scores[p]);
-        }
+        for (int64_t p = 0; p < visible; ++p) mx = std::max(mx, row[p] * scale);
         float sum = 0.0f;
-        for (int64_t p = 0; p < ctx; ++p) {
-          scores[p] = std::exp(scores[p] - mx);
-          sum += scores[p];
+        for (int64_t p = 0; p < visible; ++p) {
+          row[p] = std::exp(row[p] * scale - mx);
+          sum += row[p];
         }
-        float* o = out + r * d_ + h * head_dim_;
-        std::fill(o, o + head_dim_, 0.0f);
         const float inv = 1.0f / sum;
-        for (int64_t p = 0; p < ctx; ++p) {
-          const float* v = &slot.v[p * d_ + h * head_dim_];
-          const float wgt = scores[p] * inv;
-          for (int64_t i = 0; i < head_dim_; ++i) o[i] += wgt * v[i];
-        }
+        for (int64_t p = 0; p < visible; ++p) row[p] *= inv;
+        for (int64_t p = visible; p < ctx; ++p) row[p] = 0.0f;
       }
+      Strided o(out + offsets[b] * d_ + h * head_dim_, c.count, head_dim_,
+                Eigen::OuterStride<>(d_));
+      o.noalias() = probs * v;
     }
   };
   if (pool_ != nullptr) {

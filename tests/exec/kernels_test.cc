@@ -98,7 +98,7 @@ class LinearTest : public ::testing::TestWithParam<std::tuple<DType, bool>> {
 };
 
 TEST_P(LinearTest, MatchesReferenceOnShapeGrid) {
-  for (int64_t n : {1, 2, 3, 5, 8, 17, 64}) {
+  for (int64_t n : {1, 2, 3, 5, 8, 17, 64, 65}) {
     for (int64_t in : {1, 15, 16, 33, 257}) {
       for (int64_t out : {1, 3, 7, 64, 130}) {
         CheckLinear(dtype(), n, in, out, pool(), /*strided=*/true);
@@ -111,9 +111,10 @@ TEST_P(LinearTest, MatchesReferenceDense) {
   for (int64_t n : {1, 4, 9}) CheckLinear(dtype(), n, 128, 384, pool(), /*strided=*/false);
 }
 
-// Large enough to be split across threads, and (for n > 8) to span several weight tiles.
+// Large enough to be split across threads and, for the largest batches, to span several
+// L2 row blocks or GEMM weight tiles.
 TEST_P(LinearTest, MatchesReferenceAboveParallelThreshold) {
-  for (int64_t n : {1, 2, 6, 8, 9, 33}) CheckLinear(dtype(), n, 1100, 301, pool(), true);
+  for (int64_t n : {1, 2, 6, 8, 9, 33, 70}) CheckLinear(dtype(), n, 1100, 301, pool(), true);
 }
 
 TEST_P(LinearTest, LinearRowsMatchesSliceOfFullProduct) {
@@ -139,7 +140,7 @@ TEST_P(LinearTest, LinearRowsMatchesSliceOfFullProduct) {
 TEST_P(LinearTest, LinearRowsAboveParallelThreshold) {
   const int64_t in = 1024, out = 400, begin = 37, end = 399;
   const OwnedTensor w = RandomTensor(dtype(), {out, in}, 9);
-  for (int64_t n : {1, 12}) {
+  for (int64_t n : {1, 12, 80}) {
     const std::vector<float> x = RandomVector(n * in, 10);
     std::vector<float> full(n * out);
     LinearReference(x.data(), n, in, w.view, full.data(), out);

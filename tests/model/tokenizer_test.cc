@@ -282,6 +282,14 @@ TEST(TokenizerPreTokenizer, SplitBehaviors) {
   EXPECT_EQ(Split("", "-", B::kIsolated), V{});
 }
 
+TEST(TokenizerPreTokenizer, RubyHexEscapeMeansHexDigit) {
+  auto re = ti::Regex::Compile(R"(\h+|[\h_]x)");
+  ASSERT_TRUE(re.ok()) << re.status().ToString();
+  std::vector<ti::Span> m;
+  ASSERT_TRUE((*re)->FindAll("zz 0aF9 _x", &m).ok());
+  EXPECT_EQ(m, (std::vector<ti::Span>{{3, 7}, {8, 10}}));
+}
+
 TEST(TokenizerPreTokenizer, Gpt2PatternThroughByteLevel) {
   ti::PreTokenizerStep step;  // ByteLevel, use_regex, no prefix space
   std::vector<std::string> pieces = {"Hello world's  123!!"};
