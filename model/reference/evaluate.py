@@ -71,11 +71,32 @@ def greedy(model, tok, prompts, r, init_scale, max_new, batch_size=128):
     return out
 
 
-def run_examples(model, tok, examples, depths, init_scale, seed):
+@torch.no_grad()
+def forced(model, tok, prompts, answers, r, init_scale, batch_size=256):
+    """Teacher-forced check for prompts of equal token length and answers of equal
+    length: True where every answer token and the final <|end_text|> are the argmax
+    after their prefix, i.e. exactly where greedy decoding returns the answer. One
+    forward pass per batch; each position draws its own initial state, as in decoding."""
+    out = []
+    for b0 in range(0, len(prompts), batch_size):
+        ps, ans = prompts[b0 : b0 + batch_size], answers[b0 : b0 + batch_size]
+        seqs = [encode_prompt(tok, p) + a + [tok.eos_id] for p, a in zip(ps, ans)]
+        ids = torch.tensor(seqs)
+        T0 = len(encode_prompt(tok, ps[0]))
+        logits = model(ids[:, :-1], num_steps=r, init_scale=init_scale)
+        pred = logits[:, T0 - 1 :].argmax(-1)
+        out.extend((pred == ids[:, T0:]).all(dim=1).tolist())
+    return out
+
+
+def run_examples(model, tok, examples, depths, init_scale, seed, mode="greedy"):
     """Returns {r: [bool per example]} (examples in the given order)."""
     groups = defaultdict(list)
     for i, ex in enumerate(examples):
-        groups[len(encode_prompt(tok, ex["prompt"]))].append(i)
+        key = len(encode_prompt(tok, ex["prompt"]))
+        if mode == "forced":
+            key = (key, len(tok.encode(ex["expected"])))
+        groups[key].append(i)
     res = {}
     for r in depths:
         torch.manual_seed(seed * 1000 + r)
@@ -83,6 +104,10 @@ def run_examples(model, tok, examples, depths, init_scale, seed):
         for _, idx in sorted(groups.items()):
             prompts = [examples[i]["prompt"] for i in idx]
             answers = [tok.encode(examples[i]["expected"]) for i in idx]
+            if mode == "forced":
+                for i, o in zip(idx, forced(model, tok, prompts, answers, r, init_scale)):
+                    ok[i] = o
+                continue
             max_new = max(len(a) for a in answers) + 1
             gen = greedy(model, tok, prompts, r, init_scale, max_new)
             for i, g, a in zip(idx, gen, answers):
@@ -117,6 +142,8 @@ def acceptance(summary):
     fam = summary["family"]
     lvl = summary["family/difficulty"]
     checks = []
+    if not all(str(r) in next(iter(fam.values())) for r in (4, 32, 64)):
+        return checks  # needs depths 4, 32 and 64
 
     def add(name, value, ok):
         checks.append({"check": name, "value": value, "pass": bool(ok)})
@@ -307,6 +334,8 @@ def main(argv=None):
     p.add_argument("--per-level", type=int, default=200, help="held-out examples per family and level")
     p.add_argument("--depths", default=",".join(map(str, DEPTHS)))
     p.add_argument("--init-scales", default="1,0")
+    p.add_argument("--mode", choices=["greedy", "forced"], default="greedy",
+                   help="greedy decoding with a KV cache, or the equivalent teacher-forced check")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", help="report JSON (default MODEL/eval.json, or stdout for a workload)")
@@ -326,11 +355,11 @@ def main(argv=None):
         examples = [dict(ex, expected=ex["answer"]) for ex in tasks.full_test_split(a.per_level)]
         keys = ["family", ("family", "difficulty")]
     t0 = time.time()
-    report = {"model": os.path.abspath(a.model), "depths": depths, "per_level": a.per_level,
+    report = {"model": os.path.abspath(a.model), "depths": depths, "per_level": a.per_level, "mode": a.mode,
               "n_examples": len(examples), "parameters": sum(p.numel() for p in model.parameters()),
               "workload": a.workload, "results": {}, "acceptance": {}}
     for scale in scales:
-        res = run_examples(model, tok, examples, depths, float(scale), a.seed)
+        res = run_examples(model, tok, examples, depths, float(scale), a.seed, a.mode)
         summary = summarize(examples, res, keys)
         report["results"][scale] = summary
         if not a.workload:
