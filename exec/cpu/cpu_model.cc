@@ -36,6 +36,35 @@ double Uniform(uint64_t& state) {
   return (static_cast<double>(SplitMix64(state) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
 }
 
+// One query row against keys/values [ctx, hd] with row stride ld: out[hd] =
+// softmax(q . k^T * scale) . v. Loops written for the vectoriser (omp simd).
+void AttendOne(const float* q, const float* k, const float* v, int64_t ld, int64_t hd,
+               int64_t ctx, float scale, std::vector<float>& scores, float* out) {
+  scores.resize(ctx);
+  float mx = -INFINITY;
+  for (int64_t p = 0; p < ctx; ++p) {
+    const float* kp = k + p * ld;
+    float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+    for (int64_t i = 0; i < hd; ++i) dot += q[i] * kp[i];
+    scores[p] = dot * scale;
+    mx = std::max(mx, scores[p]);
+  }
+  float sum = 0.0f;
+  for (int64_t p = 0; p < ctx; ++p) {
+    scores[p] = std::exp(scores[p] - mx);
+    sum += scores[p];
+  }
+  const float inv = 1.0f / sum;
+  std::fill(out, out + hd, 0.0f);
+  for (int64_t p = 0; p < ctx; ++p) {
+    const float* vp = v + p * ld;
+    const float w = scores[p] * inv;
+#pragma omp simd
+    for (int64_t i = 0; i < hd; ++i) out[i] += w * vp[i];
+  }
+}
+
 }  // namespace
 
 CpuModel::CpuModel(const model::Config& config, const model::Weights& weights, ThreadPool* pool)
@@ -267,6 +296,7 @@ void CpuModel::Attention(std::span<const Chunk> chunks, std::span<KvSlot* const>
   using Strided = Eigen::Map<RowMajor, 0, Eigen::OuterStride<>>;
   auto body = [&](int64_t begin, int64_t end) {
     RowMajor probs;
+    std::vector<float> scores;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / heads_, h = task % heads_;
       const Chunk& c = chunks[b];
@@ -277,6 +307,12 @@ void CpuModel::Attention(std::span<const Chunk> chunks, std::span<KvSlot* const>
                      Eigen::OuterStride<>(ld));
       ConstStrided k(slot.k.data() + h * head_dim_, ctx, head_dim_, Eigen::OuterStride<>(d_));
       ConstStrided v(slot.v.data() + h * head_dim_, ctx, head_dim_, Eigen::OuterStride<>(d_));
+      if (c.count == 1) {  // decode: one query, plain vector loops (no GEMV overhead)
+        AttendOne(q.data(), slot.k.data() + h * head_dim_, slot.v.data() + h * head_dim_, d_,
+                  head_dim_, ctx, scale, scores,
+                  out + offsets[b] * d_ + h * head_dim_);
+        continue;
+      }
       probs.resize(c.count, ctx);
       probs.noalias() = q * k.transpose();
       // Row t is the query at position pos + t: causal (lower-right) mask, softmax.
