@@ -11,6 +11,7 @@
 #include "exec/cpu/cpu_model.h"
 #include "exec/generator.h"
 #include "model/checkpoint.h"
+#include "scenarios/replay.h"
 
 namespace ponder::apps {
 namespace {
@@ -298,6 +299,75 @@ void AddLogitsCommand(CLI::App& app, int& exit_code) {
     }
     out += "]}\n";
     std::fwrite(out.data(), 1, out.size(), stdout);
+  });
+}
+
+void AddReplayCommand(CLI::App& app, int& exit_code) {
+  auto* cmd = app.add_subcommand("replay", "Score a workload (JSONL with expected answers)");
+  struct Args {
+    std::string dir, workload, kv = "full";
+    int64_t steps = 32, max_tokens = 16, batch = 32;
+    uint64_t seed = 0;
+    double init_scale = 1.0;
+    int threads = 0;
+    bool as_json = false, items = false;
+  };
+  auto a = std::make_shared<Args>();
+  cmd->add_option("--model", a->dir, "Model directory")->required();
+  cmd->add_option("--workload", a->workload, "Workload JSONL file")->required();
+  cmd->add_option("--fixed-steps", a->steps, "Core iterations per token")
+      ->check(CLI::Range(1, 4096));
+  cmd->add_option("--max-tokens", a->max_tokens, "Answer tokens at most")
+      ->check(CLI::Range(1, 4096));
+  cmd->add_option("--batch", a->batch, "Sequences decoded together")->check(CLI::Range(1, 4096));
+  cmd->add_option("--seed", a->seed, "Seed of the initial states");
+  cmd->add_option("--init-scale", a->init_scale, "Scale of the random initial state (0: zero)");
+  cmd->add_option("--kv", a->kv, "KV-cache strategy: full or compress-sN");
+  cmd->add_option("--threads", a->threads, "CPU threads (0: all)");
+  cmd->add_flag("--json", a->as_json, "Print one JSON object");
+  cmd->add_flag("--items", a->items, "Include every item's answer in the JSON");
+  cmd->callback([a, &exit_code] {
+    auto items = scenarios::LoadWorkload(a->workload);
+    if (!items.ok()) {
+      exit_code = Fail(items.status());
+      return;
+    }
+    auto kv = exec::KvStrategy::Parse(a->kv);
+    if (!kv.ok()) {
+      exit_code = Fail(kv.status());
+      return;
+    }
+    auto rt = Open(a->dir, a->threads, /*require_tokenizer=*/true);
+    if (!rt.ok()) {
+      exit_code = Fail(rt.status());
+      return;
+    }
+    scenarios::ReplayOptions ro;
+    ro.steps = a->steps;
+    ro.max_tokens = a->max_tokens;
+    ro.batch = a->batch;
+    ro.seed = a->seed;
+    ro.init_scale = a->init_scale;
+    ro.kv = *kv;
+    auto report = scenarios::Replay(*rt->model, *rt->ckpt->tokenizer, *items, ro);
+    if (!report.ok()) {
+      exit_code = Fail(report.status());
+      return;
+    }
+    if (a->as_json) {
+      std::cout << scenarios::ReportJson(*report, a->steps, a->items) << "\n";
+      return;
+    }
+    std::printf("%s at r=%lld: accuracy %.3f over %lld requests\n", a->workload.c_str(),
+                (long long)a->steps, report->total.accuracy(), (long long)report->total.requests);
+    for (const auto& [name, s] : report->classes) {
+      std::printf("  class  %-28s %.3f  (%lld)\n", name.c_str(), s.accuracy(),
+                  (long long)s.requests);
+    }
+    for (const auto& [name, s] : report->families) {
+      std::printf("  family %-28s %.3f  (%lld)\n", name.c_str(), s.accuracy(),
+                  (long long)s.requests);
+    }
   });
 }
 

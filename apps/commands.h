@@ -9,5 +9,6 @@ namespace ponder::apps {
 void AddInspectCommand(CLI::App& app, int& exit_code);
 void AddGenerateCommand(CLI::App& app, int& exit_code);
 void AddLogitsCommand(CLI::App& app, int& exit_code);
+void AddReplayCommand(CLI::App& app, int& exit_code);
 
 }  // namespace ponder::apps

@@ -1,4 +1,4 @@
-// `ponder`: the command line of the Ponder runtime. Subcommands: inspect, generate, logits.
+// `ponder`: the command line of the Ponder runtime. Subcommands: inspect, generate, logits, replay.
 #include <cstdio>
 #include <exception>
 
@@ -11,6 +11,7 @@ int main(int argc, char** argv) {
   ponder::apps::AddInspectCommand(app, exit_code);
   ponder::apps::AddGenerateCommand(app, exit_code);
   ponder::apps::AddLogitsCommand(app, exit_code);
+  ponder::apps::AddReplayCommand(app, exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -38,4 +38,12 @@ struct GenerateResult {
                                               const GenerateOptions& options,
                                               const std::function<void(int32_t)>& on_token = {});
 
+// Fixed-depth generation of several sequences together: every round runs the prelude,
+// `steps` core iterations and the coda for all unfinished sequences in one batched call
+// (prompts in the first round, one token each afterwards). Each sequence's initial states
+// and samples depend on options.seed and its index only, never on its neighbours.
+[[nodiscard]] Result<std::vector<GenerateResult>> GenerateBatch(
+    cpu::CpuModel& model, const std::vector<std::vector<int32_t>>& prompts,
+    const GenerateOptions& options);
+
 }  // namespace ponder::exec
