@@ -36,8 +36,8 @@ Result<Runtime> Open(const std::string& dir, int threads, bool require_tokenizer
   lo.require_tokenizer = require_tokenizer;
   PONDER_ASSIGN_OR_RETURN(rt.ckpt, model::LoadCheckpoint(dir, lo));
   rt.pool = std::make_unique<exec::cpu::ThreadPool>(threads);
-  rt.model = std::make_unique<exec::cpu::CpuModel>(rt.ckpt->config, rt.ckpt->weights,
-                                                   rt.pool.get());
+  rt.model =
+      std::make_unique<exec::cpu::CpuModel>(rt.ckpt->config, rt.ckpt->weights, rt.pool.get());
   return rt;
 }
 
@@ -143,8 +143,8 @@ void AddInspectCommand(CLI::App& app, int& exit_code) {
     std::printf("layers       prelude %lld, core %lld (iterated), coda %lld; context %lld\n",
                 (long long)c.n_layers_in_prelude, (long long)c.n_layers_in_recurrent_block,
                 (long long)c.n_layers_in_coda, (long long)c.block_size);
-    std::printf("parameters   %lld unique, %lld unrolled at r=%lld\n",
-                (long long)c.UniqueParams(), (long long)c.UnrolledParams(r), (long long)r);
+    std::printf("parameters   %lld unique, %lld unrolled at r=%lld\n", (long long)c.UniqueParams(),
+                (long long)c.UnrolledParams(r), (long long)r);
     std::printf("weights      %s used, %s in files\n", HumanBytes(w.weight_bytes).c_str(),
                 HumanBytes((*ckpt)->store.mapped_bytes()).c_str());
     if (!w.ignored.empty()) {
@@ -232,13 +232,13 @@ void AddGenerateCommand(CLI::App& app, int& exit_code) {
                            : 0.0;
     if (a->as_json) {
       json out = {{"text", *decoded},
-                   {"tokens", res->tokens},
-                   {"prompt_tokens", ids->size()},
-                   {"steps", a->steps},
-                   {"finish_reason", res->finish_reason},
-                   {"prefill_seconds", res->prefill_seconds},
-                   {"decode_tokens_per_second", tps},
-                   {"kv_bytes", res->kv_bytes}};
+                  {"tokens", res->tokens},
+                  {"prompt_tokens", ids->size()},
+                  {"steps", a->steps},
+                  {"finish_reason", res->finish_reason},
+                  {"prefill_seconds", res->prefill_seconds},
+                  {"decode_tokens_per_second", tps},
+                  {"kv_bytes", res->kv_bytes}};
       std::cout << out.dump(-1, ' ', false, json::error_handler_t::replace) << "\n";
       return;
     }
@@ -246,9 +246,8 @@ void AddGenerateCommand(CLI::App& app, int& exit_code) {
     std::fprintf(stderr,
                  "[%zu prompt tokens, %zu generated at r=%lld; prefill %.1f ms, decode %.1f "
                  "tokens/s; finish %s; kv %llu bytes]\n",
-                 ids->size(), res->tokens.size(), (long long)a->steps,
-                 res->prefill_seconds * 1e3, tps, res->finish_reason.c_str(),
-                 (unsigned long long)res->kv_bytes);
+                 ids->size(), res->tokens.size(), (long long)a->steps, res->prefill_seconds * 1e3,
+                 tps, res->finish_reason.c_str(), (unsigned long long)res->kv_bytes);
   });
 }
 

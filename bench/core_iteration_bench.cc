@@ -45,11 +45,16 @@ int main(int argc, char** argv) {
   std::string dtypes = "bf16,f32", batches = "1,4,16", width = "huginn";
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
-    if (k == "--threads") threads = std::stoi(v);
-    else if (k == "--repeats") repeats = std::stoi(v);
-    else if (k == "--dtypes") dtypes = v;
-    else if (k == "--batches") batches = v;
-    else if (k == "--width") width = v;
+    if (k == "--threads")
+      threads = std::stoi(v);
+    else if (k == "--repeats")
+      repeats = std::stoi(v);
+    else if (k == "--dtypes")
+      dtypes = v;
+    else if (k == "--batches")
+      batches = v;
+    else if (k == "--width")
+      width = v;
     else {
       std::fprintf(stderr, "unknown option %s\n", k.c_str());
       return 2;
@@ -58,9 +63,9 @@ int main(int argc, char** argv) {
   cpu::ThreadPool pool(threads);
   // Huginn-0125: n_embd 5280, 55 heads, mlp 17920, a 4-layer core block. Prelude and
   // coda are not part of one iteration; a tiny vocabulary keeps memory for the core.
-  ponder::model::Config cfg =
-      width == "huginn" ? ponder::testing::SmallConfig(5280, 55, 17920, 0, 4, 0, 64)
-                        : ponder::testing::SmallConfig(512, 8, 1536, 0, 4, 0, 64);
+  ponder::model::Config cfg = width == "huginn"
+                                  ? ponder::testing::SmallConfig(5280, 55, 17920, 0, 4, 0, 64)
+                                  : ponder::testing::SmallConfig(512, 8, 1536, 0, 4, 0, 64);
   // The floor uses the best pass: the most favourable bandwidth, so the strictest floor.
   const auto measured = ponder::bench::MeasureReadBandwidth(&pool);
   const double bw = measured.best_bytes_per_second;

@@ -19,11 +19,16 @@ int main(int argc, char** argv) {
   int threads = 2, repeats = 3;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
-    if (k == "--model") dir = v;
-    else if (k == "--steps") steps = std::stoll(v);
-    else if (k == "--tokens") tokens = std::stoll(v);
-    else if (k == "--threads") threads = std::stoi(v);
-    else if (k == "--repeats") repeats = std::stoi(v);
+    if (k == "--model")
+      dir = v;
+    else if (k == "--steps")
+      steps = std::stoll(v);
+    else if (k == "--tokens")
+      tokens = std::stoll(v);
+    else if (k == "--threads")
+      threads = std::stoi(v);
+    else if (k == "--repeats")
+      repeats = std::stoi(v);
     else {
       std::fprintf(stderr, "unknown option %s\n", k.c_str());
       return 2;
@@ -58,7 +63,6 @@ int main(int argc, char** argv) {
   std::printf(
       "{\"runtime\": \"ponder-cpu\", \"steps\": %lld, \"threads\": %d, \"ms_per_token\": %.4f, "
       "\"tokens_per_second\": %.1f, \"params\": %lld}\n",
-      (long long)steps, pool.threads(), med, 1e3 / med,
-      (long long)(*ckpt)->config.UniqueParams());
+      (long long)steps, pool.threads(), med, 1e3 / med, (long long)(*ckpt)->config.UniqueParams());
   return 0;
 }

@@ -69,7 +69,7 @@ inline Status Internal(std::string msg) { return Status(StatusCode::kInternal, s
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : value_(std::move(value)) {}  // NOLINT: implicit by design
+  Result(T value) : value_(std::move(value)) {}         // NOLINT: implicit by design
   Result(Status status) : status_(std::move(status)) {  // NOLINT: implicit by design
     assert(!status_.ok() && "Result constructed from an OK status");
     if (status_.ok()) status_ = Internal("Result constructed from an OK status");
@@ -106,9 +106,9 @@ class [[nodiscard]] Result {
 #define PONDER_CONCAT_(a, b) PONDER_CONCAT_INNER_(a, b)
 
 // Returns the status from the enclosing function if it is an error.
-#define PONDER_RETURN_IF_ERROR(expr)            \
-  do {                                          \
-    ::ponder::Status ponder_status_ = (expr);   \
+#define PONDER_RETURN_IF_ERROR(expr)                 \
+  do {                                               \
+    ::ponder::Status ponder_status_ = (expr);        \
     if (!ponder_status_.ok()) return ponder_status_; \
   } while (0)
 

@@ -14,8 +14,7 @@ Result<GenerateResult> Generate(cpu::CpuModel& model, std::span<const int32_t> p
   if (options.max_tokens < 1) return InvalidArgument("generate: max_tokens must be >= 1");
   if (static_cast<int64_t>(prompt.size()) >= cfg.block_size) {
     return OutOfRange("generate: prompt of " + std::to_string(prompt.size()) +
-                      " tokens leaves no room in the context of " +
-                      std::to_string(cfg.block_size));
+                      " tokens leaves no room in the context of " + std::to_string(cfg.block_size));
   }
   using Clock = std::chrono::steady_clock;
   auto cache = model.NewCache(options.kv);
@@ -71,10 +70,9 @@ Result<std::vector<GenerateResult>> GenerateBatch(cpu::CpuModel& model,
       return InvalidArgument("generate: prompt " + std::to_string(b) + " has no tokens");
     }
     if (static_cast<int64_t>(prompts[b].size()) >= cfg.block_size) {
-      return OutOfRange("generate: prompt " + std::to_string(b) + " of " +
-                        std::to_string(prompts[b].size()) +
-                        " tokens leaves no room in the context of " +
-                        std::to_string(cfg.block_size));
+      return OutOfRange(
+          "generate: prompt " + std::to_string(b) + " of " + std::to_string(prompts[b].size()) +
+          " tokens leaves no room in the context of " + std::to_string(cfg.block_size));
     }
   }
   std::vector<std::unique_ptr<SequenceCache>> caches;
@@ -99,8 +97,8 @@ Result<std::vector<GenerateResult>> GenerateBatch(cpu::CpuModel& model,
     who.clear();
     for (size_t b = 0; b < batch; ++b) {
       if (done[b]) continue;
-      chunks.push_back({caches[b].get(), caches[b]->tokens(),
-                        static_cast<int64_t>(input[b].size())});
+      chunks.push_back(
+          {caches[b].get(), caches[b]->tokens(), static_cast<int64_t>(input[b].size())});
       tokens.insert(tokens.end(), input[b].begin(), input[b].end());
       who.push_back(b);
     }

@@ -14,11 +14,11 @@
 namespace ponder::exec {
 
 struct GenerateOptions {
-  int64_t steps = 32;        // core iterations per token (fixed depth)
-  int64_t max_tokens = 32;   // new tokens at most
-  SamplingOptions sampling;  // greedy by default
-  uint64_t seed = 0;         // initial states and sampling
-  double init_scale = 1.0;   // scales the random initial state; 0 = zero state
+  int64_t steps = 32;             // core iterations per token (fixed depth)
+  int64_t max_tokens = 32;        // new tokens at most
+  SamplingOptions sampling;       // greedy by default
+  uint64_t seed = 0;              // initial states and sampling
+  double init_scale = 1.0;        // scales the random initial state; 0 = zero state
   std::vector<int32_t> stop_ids;  // generation ends after emitting one of these
   KvStrategy kv;
 };
@@ -33,8 +33,7 @@ struct GenerateResult {
 
 // Fixed-depth generation of one sequence: prefill the prompt at `steps` iterations,
 // then one token at a time. `on_token` (may be empty) sees each new id as it is chosen.
-[[nodiscard]] Result<GenerateResult> Generate(cpu::CpuModel& model,
-                                              std::span<const int32_t> prompt,
+[[nodiscard]] Result<GenerateResult> Generate(cpu::CpuModel& model, std::span<const int32_t> prompt,
                                               const GenerateOptions& options,
                                               const std::function<void(int32_t)>& on_token = {});
 

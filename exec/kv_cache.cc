@@ -32,11 +32,7 @@ int64_t KvStrategy::CoreSlots(int64_t iterations, int64_t n_core) const {
 
 SequenceCache::SequenceCache(int64_t n_prelude, int64_t n_core, int64_t n_coda, int64_t width,
                              KvStrategy strategy)
-    : n_core_(n_core),
-      width_(width),
-      strategy_(strategy),
-      prelude_(n_prelude),
-      coda_(n_coda) {}
+    : n_core_(n_core), width_(width), strategy_(strategy), prelude_(n_prelude), coda_(n_coda) {}
 
 KvSlot& SequenceCache::Core(int64_t iteration, int64_t layer) {
   const int64_t slot = strategy_.CoreSlot(n_core_ * (iteration - 1) + layer);

@@ -11,8 +11,7 @@ int32_t Argmax(std::span<const float> values) {
   return static_cast<int32_t>(std::max_element(values.begin(), values.end()) - values.begin());
 }
 
-int32_t Sample(std::span<const float> logits, const SamplingOptions& options,
-               uint64_t& rng_state) {
+int32_t Sample(std::span<const float> logits, const SamplingOptions& options, uint64_t& rng_state) {
   if (options.temperature <= 0.0 || logits.size() <= 1) return Argmax(logits);
   const float mx = *std::max_element(logits.begin(), logits.end());
   std::vector<double> p(logits.size());

@@ -12,8 +12,7 @@ struct SamplingOptions {
 
 // Picks a token from logits[0, vocab). `rng_state` is advanced (SplitMix64 stream), so
 // the same seed gives the same choices whatever else runs.
-int32_t Sample(std::span<const float> logits, const SamplingOptions& options,
-               uint64_t& rng_state);
+int32_t Sample(std::span<const float> logits, const SamplingOptions& options, uint64_t& rng_state);
 
 // Index of the largest value (first on ties).
 int32_t Argmax(std::span<const float> values);

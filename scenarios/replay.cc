@@ -71,8 +71,9 @@ std::string ReportJson(const ReplayReport& report, int64_t steps, bool with_item
   for (const auto* group : {&report.classes, &report.families, &report.levels}) {
     json g = json::object();
     for (const auto& [name, s] : *group) g[name] = score(s);
-    out[group == &report.classes ? "classes" : group == &report.families ? "families" : "levels"] =
-        g;
+    out[group == &report.classes    ? "classes"
+        : group == &report.families ? "families"
+                                    : "levels"] = g;
   }
   if (with_items) {
     json arr = json::array();

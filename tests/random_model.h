@@ -75,8 +75,7 @@ class RandomModel {
     rng_ ^= rng_ >> 12;
     rng_ ^= rng_ << 25;
     rng_ ^= rng_ >> 27;
-    const double u = static_cast<double>((rng_ * 0x2545f4914f6cdd1dull) >> 11) /
-                     9007199254740992.0;
+    const double u = static_cast<double>((rng_ * 0x2545f4914f6cdd1dull) >> 11) / 9007199254740992.0;
     return 1.7320508075688772 * (2.0 * u - 1.0);
   }
 

@@ -1,10 +1,9 @@
 #include "exec/cpu/cpu_model.h"
 
+#include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-
-#include <Eigen/Core>
 
 namespace ponder::exec::cpu {
 namespace {
@@ -38,8 +37,8 @@ double Uniform(uint64_t& state) {
 
 // One query row against keys/values [ctx, hd] with row stride ld: out[hd] =
 // softmax(q . k^T * scale) . v. Loops written for the vectoriser (omp simd).
-void AttendOne(const float* q, const float* k, const float* v, int64_t ld, int64_t hd,
-               int64_t ctx, float scale, std::vector<float>& scores, float* out) {
+void AttendOne(const float* q, const float* k, const float* v, int64_t ld, int64_t hd, int64_t ctx,
+               float scale, std::vector<float>& scores, float* out) {
   scores.resize(ctx);
   float mx = -INFINITY;
   for (int64_t p = 0; p < ctx; ++p) {
@@ -83,10 +82,9 @@ CpuModel::CpuModel(const model::Config& config, const model::Weights& weights, T
   rope_sin_.resize(config.block_size * half);
   for (int64_t i = 0; i < half; ++i) {
     const float exponent = static_cast<float>(2 * i) / static_cast<float>(head_dim_);
-    const float inv_freq =
-        1.0f / static_cast<float>(std::pow(static_cast<double>(static_cast<float>(
-                                               config.rope_base)),
-                                           static_cast<double>(exponent)));
+    const float inv_freq = 1.0f / static_cast<float>(std::pow(
+                                      static_cast<double>(static_cast<float>(config.rope_base)),
+                                      static_cast<double>(exponent)));
     for (int64_t p = 0; p < config.block_size; ++p) {
       const float angle = static_cast<float>(p) * inv_freq;
       rope_cos_[p * half + i] = static_cast<float>(std::cos(static_cast<double>(angle)));
@@ -101,8 +99,7 @@ std::unique_ptr<SequenceCache> CpuModel::NewCache(KvStrategy strategy) const {
                                          config_.n_layers_in_coda, d_, strategy);
 }
 
-Status CpuModel::Prelude(std::span<const Chunk> chunks, std::span<const int32_t> tokens,
-                         float* e) {
+Status CpuModel::Prelude(std::span<const Chunk> chunks, std::span<const int32_t> tokens, float* e) {
   const int64_t n = TotalRows(chunks);
   if (static_cast<int64_t>(tokens.size()) != n) {
     return InvalidArgument("prelude: " + std::to_string(tokens.size()) + " tokens for " +
@@ -118,9 +115,9 @@ Status CpuModel::Prelude(std::span<const Chunk> chunks, std::span<const int32_t>
   for (int64_t r = 0; r < n; ++r) {
     const int32_t id = tokens[r];
     if (id < 0 || id >= weights_.wte.shape[0]) {
-      return OutOfRange("prelude: token id " + std::to_string(id) + " at row " +
-                        std::to_string(r) + " is outside the vocabulary [0, " +
-                        std::to_string(weights_.wte.shape[0]) + ")");
+      return OutOfRange("prelude: token id " + std::to_string(id) + " at row " + std::to_string(r) +
+                        " is outside the vocabulary [0, " + std::to_string(weights_.wte.shape[0]) +
+                        ")");
     }
   }
   const float scale = static_cast<float>(config_.embed_scale);
@@ -184,8 +181,7 @@ void CpuModel::CoreStep(std::span<const Chunk> chunks, std::span<const int64_t> 
   }
 }
 
-void CpuModel::Coda(std::span<const Chunk> chunks, const float* s, bool last_only,
-                    float* logits) {
+void CpuModel::Coda(std::span<const Chunk> chunks, const float* s, bool last_only, float* logits) {
   const int64_t n = TotalRows(chunks);
   std::vector<float> x(n * d_);
   RmsNorm(s, n, d_, weights_.ln_f, config_.norm_eps, x.data());
@@ -309,8 +305,7 @@ void CpuModel::Attention(std::span<const Chunk> chunks, std::span<KvSlot* const>
       ConstStrided v(slot.v.data() + h * head_dim_, ctx, head_dim_, Eigen::OuterStride<>(d_));
       if (c.count == 1) {  // decode: one query, plain vector loops (no GEMV overhead)
         AttendOne(q.data(), slot.k.data() + h * head_dim_, slot.v.data() + h * head_dim_, d_,
-                  head_dim_, ctx, scale, scores,
-                  out + offsets[b] * d_ + h * head_dim_);
+                  head_dim_, ctx, scale, scores, out + offsets[b] * d_ + h * head_dim_);
         continue;
       }
       probs.resize(c.count, ctx);
@@ -342,11 +337,9 @@ void CpuModel::Attention(std::span<const Chunk> chunks, std::span<KvSlot* const>
   }
 }
 
-Result<std::vector<float>> CpuModel::Forward(SequenceCache& cache,
-                                             std::span<const int32_t> tokens, int64_t steps,
-                                             const float* state, uint64_t seed,
-                                             double init_scale,
-                                             std::vector<float>* final_state) {
+Result<std::vector<float>> CpuModel::Forward(SequenceCache& cache, std::span<const int32_t> tokens,
+                                             int64_t steps, const float* state, uint64_t seed,
+                                             double init_scale, std::vector<float>* final_state) {
   if (tokens.empty()) return InvalidArgument("forward: no tokens");
   if (steps < 1) return InvalidArgument("forward: steps must be >= 1");
   const int64_t n = static_cast<int64_t>(tokens.size());

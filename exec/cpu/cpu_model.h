@@ -47,8 +47,8 @@ class CpuModel {
 
   // One core iteration: s <- core_block(adapter(cat[s, e])). iterations[b] (>= 1) is the
   // 1-based iteration chunk b is computing; it selects its KV slots. s, e: [N, d].
-  void CoreStep(std::span<const Chunk> chunks, std::span<const int64_t> iterations,
-                const float* e, float* s);
+  void CoreStep(std::span<const Chunk> chunks, std::span<const int64_t> iterations, const float* e,
+                float* s);
 
   // ln_f, coda (writes coda KV for every row), ln_f, head. logits receives the rows
   // selected by `last_only` (true: the last row of each chunk -> [B, V]; false: every
@@ -60,9 +60,9 @@ class CpuModel {
   // Returns logits of every new row, [count, V]; `final_state` (if not null) receives
   // the last core iteration's output, [count, d].
   [[nodiscard]] Result<std::vector<float>> Forward(SequenceCache& cache,
-                                                   std::span<const int32_t> tokens,
-                                                   int64_t steps, const float* state,
-                                                   uint64_t seed, double init_scale,
+                                                   std::span<const int32_t> tokens, int64_t steps,
+                                                   const float* state, uint64_t seed,
+                                                   double init_scale,
                                                    std::vector<float>* final_state = nullptr);
 
   // A fresh cache for one sequence.

@@ -69,8 +69,8 @@ TEST_P(GoldenTest, LogitsMatchReference) {
       ASSERT_EQ(state.size(), tokens.size() * d);
     }
     auto cache = model.NewCache();
-    auto logits = model.Forward(*cache, tokens, steps, state.empty() ? nullptr : state.data(),
-                                0, 0.0);
+    auto logits =
+        model.Forward(*cache, tokens, steps, state.empty() ? nullptr : state.data(), 0, 0.0);
     ASSERT_TRUE(logits.ok()) << logits.status().ToString();
     const auto want = Flatten(c["logits"]);
     ASSERT_EQ(logits->size(), want.size()) << c["name"];
