@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "apps/common.h"
 #include "exec/cpu/cpu_model.h"
 #include "exec/generator.h"
 #include "model/checkpoint.h"
@@ -17,29 +18,6 @@ namespace ponder::apps {
 namespace {
 
 using nlohmann::json;
-
-int Fail(const Status& status) {
-  std::fprintf(stderr, "ponder: error: %s\n", status.message().c_str());
-  return 1;
-}
-
-// The model directory plus the runtime objects built on it.
-struct Runtime {
-  std::unique_ptr<model::Checkpoint> ckpt;
-  std::unique_ptr<exec::cpu::ThreadPool> pool;
-  std::unique_ptr<exec::cpu::CpuModel> model;
-};
-
-Result<Runtime> Open(const std::string& dir, int threads, bool require_tokenizer) {
-  Runtime rt;
-  model::LoadOptions lo;
-  lo.require_tokenizer = require_tokenizer;
-  PONDER_ASSIGN_OR_RETURN(rt.ckpt, model::LoadCheckpoint(dir, lo));
-  rt.pool = std::make_unique<exec::cpu::ThreadPool>(threads);
-  rt.model =
-      std::make_unique<exec::cpu::CpuModel>(rt.ckpt->config, rt.ckpt->weights, rt.pool.get());
-  return rt;
-}
 
 Result<std::vector<int32_t>> ParseTokenList(const std::string& text) {
   std::vector<int32_t> ids;
@@ -61,18 +39,6 @@ Result<std::vector<int32_t>> ParseTokenList(const std::string& text) {
   }
   if (ids.empty()) return InvalidArgument("--tokens: no token ids given");
   return ids;
-}
-
-std::string HumanBytes(double b) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  int u = 0;
-  while (b >= 1024.0 && u < 4) {
-    b /= 1024.0;
-    ++u;
-  }
-  char buf[64];
-  std::snprintf(buf, sizeof(buf), "%.2f %s", b, units[u]);
-  return buf;
 }
 
 }  // namespace

@@ -1,4 +1,5 @@
-// `ponder`: the command line of the Ponder runtime. Subcommands: inspect, generate, logits, replay.
+// `ponder`: the command line of the Ponder runtime. Subcommands: inspect, generate, logits, replay,
+// sweep.
 #include <cstdio>
 #include <exception>
 
@@ -12,6 +13,7 @@ int main(int argc, char** argv) {
   ponder::apps::AddGenerateCommand(app, exit_code);
   ponder::apps::AddLogitsCommand(app, exit_code);
   ponder::apps::AddReplayCommand(app, exit_code);
+  ponder::apps::AddSweepCommand(app, exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
