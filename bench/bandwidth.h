@@ -78,51 +78,73 @@ inline float SumForBandwidth(const float* p, size_t n) {
   return s;
 }
 
-// Allocates and touches options.bytes, then times `passes` parallel sums over it on the
-// pool's threads (pool may be null: the calling thread only). Takes about
-// (passes + 2) * bytes / bandwidth seconds and needs options.bytes of free memory.
-inline BandwidthResult MeasureReadBandwidth(exec::cpu::ThreadPool* pool,
-                                            const BandwidthOptions& options = {}) {
-  const size_t chunk = std::max<size_t>(64 * sizeof(float), options.chunk_bytes / 256 * 256);
-  const size_t chunks = std::max<size_t>(1, options.bytes / chunk);
-  const size_t floats_per_chunk = chunk / sizeof(float);
-  struct FreeDeleter {
-    void operator()(float* p) const { std::free(p); }
-  };
-  std::unique_ptr<float, FreeDeleter> buffer(
-      static_cast<float*>(std::aligned_alloc(64, chunks * chunk)));
-  if (!buffer) return {};
-  float* data = buffer.get();
+// A read buffer of options.bytes (allocated and touched once) and timed passes over it on
+// the pool's threads (pool may be null: the calling thread only). Lets a benchmark
+// alternate bandwidth passes with its own work, so that both see the same machine state.
+class BandwidthProbe {
+ public:
+  explicit BandwidthProbe(exec::cpu::ThreadPool* pool, const BandwidthOptions& options = {})
+      : pool_(pool),
+        chunk_(std::max<size_t>(64 * sizeof(float), options.chunk_bytes / 256 * 256)),
+        chunks_(std::max<size_t>(1, options.bytes / chunk_)),
+        buffer_(static_cast<float*>(std::aligned_alloc(64, chunks_ * chunk_))),
+        partial_(chunks_) {
+    if (!buffer_) return;
+    // Touch every page (from the threads that will read it) so that no pass pays for faults.
+    ForChunks([&](size_t c) {
+      float* p = buffer_.get() + c * floats_per_chunk();
+      std::fill(p, p + floats_per_chunk(), 1.0f);
+    });
+    Pass();  // warm-up
+  }
+  bool ok() const { return buffer_ != nullptr; }
+  size_t bytes() const { return chunks_ * chunk_; }
 
-  auto for_chunks = [&](auto&& body) {
-    auto range = [&](int64_t b, int64_t e) {
-      for (int64_t c = b; c < e; ++c) body(static_cast<size_t>(c));
-    };
-    if (pool != nullptr) {
-      pool->ParallelFor(static_cast<int64_t>(chunks), 1, range);
-    } else {
-      range(0, static_cast<int64_t>(chunks));
-    }
-  };
-  // Touch every page (from the threads that will read it) so that no pass pays for faults.
-  for_chunks([&](size_t c) {
-    float* p = data + c * floats_per_chunk;
-    std::fill(p, p + floats_per_chunk, 1.0f);
-  });
-
-  std::vector<float> partial(chunks);
-  std::vector<double> rates;
-  for (int pass = -1; pass < std::max(1, options.passes); ++pass) {
+  // One timed pass: bytes per second.
+  double Pass() {
+    if (!buffer_) return 0.0;
     const auto start = std::chrono::steady_clock::now();
-    for_chunks([&](size_t c) {
-      partial[c] = SumForBandwidth(data + c * floats_per_chunk, floats_per_chunk);
+    ForChunks([&](size_t c) {
+      partial_[c] = SumForBandwidth(buffer_.get() + c * floats_per_chunk(), floats_per_chunk());
     });
     const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
     // Keeps the sums observable so that the reads cannot be dropped.
     volatile float sink = 0.0f;
-    for (float v : partial) sink = sink + v;
-    if (pass >= 0) rates.push_back(static_cast<double>(chunks * chunk) / elapsed.count());
+    for (float v : partial_) sink = sink + v;
+    return static_cast<double>(bytes()) / elapsed.count();
   }
+
+ private:
+  struct FreeDeleter {
+    void operator()(float* p) const { std::free(p); }
+  };
+  size_t floats_per_chunk() const { return chunk_ / sizeof(float); }
+  template <typename F>
+  void ForChunks(F&& body) {
+    auto range = [&](int64_t b, int64_t e) {
+      for (int64_t c = b; c < e; ++c) body(static_cast<size_t>(c));
+    };
+    if (pool_ != nullptr) {
+      pool_->ParallelFor(static_cast<int64_t>(chunks_), 1, range);
+    } else {
+      range(0, static_cast<int64_t>(chunks_));
+    }
+  }
+
+  exec::cpu::ThreadPool* pool_;
+  size_t chunk_, chunks_;
+  std::unique_ptr<float, FreeDeleter> buffer_;
+  std::vector<float> partial_;
+};
+
+// Best and median of `passes` timed passes. Takes about (passes + 2) * bytes / bandwidth
+// seconds and needs options.bytes of free memory.
+inline BandwidthResult MeasureReadBandwidth(exec::cpu::ThreadPool* pool,
+                                            const BandwidthOptions& options = {}) {
+  BandwidthProbe probe(pool, options);
+  if (!probe.ok()) return {};
+  std::vector<double> rates;
+  for (int pass = 0; pass < std::max(1, options.passes); ++pass) rates.push_back(probe.Pass());
   std::sort(rates.begin(), rates.end());
   BandwidthResult result;
   result.best_bytes_per_second = rates.back();

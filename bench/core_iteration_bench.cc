@@ -4,7 +4,9 @@
 //
 //   build/bench/core_iteration_bench [--threads N] [--repeats R] [--dtypes bf16,f32]
 //                                    [--batches 1,4,16] [--width huginn|small]
-// Prints one table row per (dtype, batch): median ms per iteration and % of the floor.
+// Prints one table row per (dtype, batch): median ms per iteration and the median over
+// repeats of floor / time, where each repeat's floor comes from a bandwidth pass taken
+// right before the iteration (this machine's bandwidth drifts by tens of percent).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -66,13 +68,15 @@ int main(int argc, char** argv) {
   ponder::model::Config cfg = width == "huginn"
                                   ? ponder::testing::SmallConfig(5280, 55, 17920, 0, 4, 0, 64)
                                   : ponder::testing::SmallConfig(512, 8, 1536, 0, 4, 0, 64);
-  // The floor uses the best pass: the most favourable bandwidth, so the strictest floor.
-  const auto measured = ponder::bench::MeasureReadBandwidth(&pool);
-  const double bw = measured.best_bytes_per_second;
-  std::printf("machine: %d threads; STREAM-style read bandwidth best %.1f GB/s, median %.1f GB/s\n",
-              pool.threads(), bw / 1e9, measured.median_bytes_per_second / 1e9);
-  std::printf("%-6s %6s %12s %12s %12s %10s\n", "dtype", "batch", "weights_MB", "floor_ms",
-              "median_ms", "of_floor");
+  ponder::bench::BandwidthProbe probe(&pool);
+  if (!probe.ok()) {
+    std::fprintf(stderr, "cannot allocate the bandwidth buffer\n");
+    return 1;
+  }
+  std::printf("machine: %d threads; floor = weight bytes / STREAM-style read bandwidth\n",
+              pool.threads());
+  std::printf("%-6s %6s %12s %10s %12s %12s %10s\n", "dtype", "batch", "weights_MB", "bw_GB/s",
+              "floor_ms", "median_ms", "of_floor");
   for (const std::string& dt : Split(dtypes)) {
     const DType dtype = dt == "f32" ? DType::kF32 : dt == "f16" ? DType::kF16 : DType::kBF16;
     ponder::testing::RandomModel rm(cfg, dtype, 1);
@@ -85,7 +89,6 @@ int main(int argc, char** argv) {
       }
     }
     cpu::CpuModel model(rm.config(), w, &pool);
-    const double floor_s = static_cast<double>(bytes) / bw;
     for (const std::string& bs : Split(batches)) {
       const int64_t batch = std::stoll(bs);
       std::vector<std::unique_ptr<SequenceCache>> caches;
@@ -99,16 +102,21 @@ int main(int argc, char** argv) {
       std::vector<int64_t> its(batch, 1);
       model.InitState(chunks, 1, 0, 1.0, s.data());
       model.CoreStep(chunks, its, e.data(), s.data());  // warm-up
-      std::vector<double> times;
+      std::vector<double> times, bws, fractions;
       for (int r = 0; r < repeats; ++r) {
+        const double bw = probe.Pass();
         const auto t0 = std::chrono::steady_clock::now();
         model.CoreStep(chunks, its, e.data(), s.data());
-        times.push_back(
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+        const double t =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        times.push_back(t);
+        bws.push_back(bw);
+        fractions.push_back(static_cast<double>(bytes) / bw / t);
       }
-      const double med = Median(times);
-      std::printf("%-6s %6lld %12.1f %12.2f %12.2f %9.1f%%\n", dt.c_str(), (long long)batch,
-                  bytes / 1e6, floor_s * 1e3, med * 1e3, 100.0 * floor_s / med);
+      const double med_bw = Median(bws);
+      std::printf("%-6s %6lld %12.1f %10.1f %12.2f %12.2f %9.1f%%\n", dt.c_str(),
+                  (long long)batch, bytes / 1e6, med_bw / 1e9, bytes / med_bw * 1e3,
+                  Median(times) * 1e3, 100.0 * Median(fractions));
       std::fflush(stdout);
     }
   }

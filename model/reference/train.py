@@ -252,7 +252,7 @@ def parse_args(argv=None):
     g.add_argument("--rope-base", type=float, default=50000.0)
     g.add_argument("--mean-recurrence", type=int, default=32, help="config default depth at inference")
     g = p.add_argument_group("recipe")
-    g.add_argument("--batch", type=int, default=320, help="examples per step")
+    g.add_argument("--batch", type=int, default=256, help="examples per step")
     g.add_argument("--chunks", type=int, default=4, help="length-sorted micro-batches per step")
     g.add_argument("--lr", type=float, default=2e-3)
     g.add_argument("--weight-decay", type=float, default=0.1)
