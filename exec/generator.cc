@@ -82,7 +82,7 @@ Result<std::vector<GenerateResult>> GenerateBatch(cpu::CpuModel& model,
   std::vector<bool> done(batch, false);
   for (size_t b = 0; b < batch; ++b) {
     caches.push_back(model.NewCache(options.kv));
-    rng[b] = (options.seed ^ 0x5851f42d4c957f2dull) + 0x9e3779b97f4a7c15ull * b;
+    rng[b] = (options.seed + b) ^ 0x5851f42d4c957f2dull;  // as Generate with seed + b
   }
   const int64_t d = cfg.n_embd;
   const int64_t rows_v = cfg.padded_vocab_size;
@@ -107,10 +107,10 @@ Result<std::vector<GenerateResult>> GenerateBatch(cpu::CpuModel& model,
     e.resize(n * d);
     s.resize(n * d);
     PONDER_RETURN_IF_ERROR(model.Prelude(chunks, tokens, e.data()));
-    // Initial states per sequence: stream = the sequence's index.
+    // Sequence b draws as Generate with seed + b does: batching changes nothing.
     int64_t row = 0;
     for (size_t i = 0; i < chunks.size(); ++i) {
-      model.InitState(std::span<const cpu::Chunk>(&chunks[i], 1), options.seed, who[i],
+      model.InitState(std::span<const cpu::Chunk>(&chunks[i], 1), options.seed + who[i], 0,
                       options.init_scale, s.data() + row * d);
       row += chunks[i].count;
     }

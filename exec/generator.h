@@ -39,8 +39,9 @@ struct GenerateResult {
 
 // Fixed-depth generation of several sequences together: every round runs the prelude,
 // `steps` core iterations and the coda for all unfinished sequences in one batched call
-// (prompts in the first round, one token each afterwards). Each sequence's initial states
-// and samples depend on options.seed and its index only, never on its neighbours.
+// (prompts in the first round, one token each afterwards). Sequence b draws its initial
+// states and samples exactly as Generate with seed options.seed + b, whatever its
+// neighbours (up to 64 rows per call the kernels' arithmetic per row is also the same).
 [[nodiscard]] Result<std::vector<GenerateResult>> GenerateBatch(
     cpu::CpuModel& model, const std::vector<std::vector<int32_t>>& prompts,
     const GenerateOptions& options);

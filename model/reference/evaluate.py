@@ -327,6 +327,10 @@ def write_model_card(model_dir, report):
     for c in report["acceptance"]["1"]:
         lines.append(f"| {c['check']} | {c['value']} | {'yes' if c['pass'] else 'NO'} |")
     lines.append("")
+    if report.get("workloads"):
+        lines.append("### Workloads (`scenarios/workloads/`, per class, init_scale 1)\n")
+        rows = [(f"{n[:-6]}: {c}", v) for n, t in report["workloads"].items() for c, v in t.items()]
+        lines.append(_table(rows, depths, "workload: class") + "\n")
     gc = report.get("greedy_check")
     if gc:
         lines.append(f"### Greedy decoding (KV cache) against the teacher-forced check, {gc['n']} examples\n")
@@ -358,6 +362,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", help="report JSON (default MODEL/eval.json, or stdout for a workload)")
     p.add_argument("--model-card", action="store_true", help="also write MODEL/MODEL_CARD.md")
+    p.add_argument("--workloads", help="with the held-out split: also score every *.jsonl of this folder "
+                                       "per class (init_scale 1, same --mode) into the report and card")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     depths = [int(x) for x in a.depths.split(",")]
@@ -406,6 +412,18 @@ def main(argv=None):
             print(f"greedy check {fam:8s} " + "  ".join(
                 f"r{r}: greedy {g['family'][fam][str(r)]:.3f} forced {f['family'][fam][str(r)]:.3f}"
                 for r in check_depths), flush=True)
+    if a.workloads and not a.workload:
+        report["workloads"] = {}
+        for name in sorted(os.listdir(a.workloads)):
+            if not name.endswith(".jsonl"):
+                continue
+            with open(os.path.join(a.workloads, name)) as f:
+                wl = [json.loads(line) for line in f if line.strip()]
+            res = run_examples(model, tok, wl, depths, 1.0, a.seed + 2, a.mode)
+            report["workloads"][name] = summarize(wl, res, ["class"])["class"]
+            for c, v in report["workloads"][name].items():
+                print(f"workload {name:16s} {c:24s} n={v['n']:4d}  " +
+                      "  ".join(f"r{r}={v[str(r)]:.3f}" for r in depths), flush=True)
     report["eval_seconds"] = round(time.time() - t0, 1)
     if a.workload:
         text = json.dumps(report, indent=1)

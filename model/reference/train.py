@@ -293,7 +293,8 @@ def main(argv=None):
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=a.lr, betas=(0.9, 0.95), eps=1e-8)
     cur = tasks.Curriculum(k_start=a.k_start, threshold=a.k_threshold)
-    meta = {"step": 0, "elapsed": 0.0, "loss_hist": [], "val": [], "k_raised": {}, "wall_start": time.time()}
+    meta = {"step": 0, "elapsed": 0.0, "loss_hist": [], "val": [], "k_raised": {}, "wall_start": time.time(),
+            "invocations": []}
 
     if a.resume:
         if not os.path.exists(state_path):
@@ -309,6 +310,7 @@ def main(argv=None):
         print(f"resumed from {state_path}: step {meta['step']}, {meta['elapsed'] / 60:.1f} min trained, k={cur.k}",
               flush=True)
 
+    meta.setdefault("invocations", []).append(" ".join(sys.argv[1:] if argv is None else argv))
     budget_s = a.minutes * 60.0
     print(f"ponder-micro: {n_params} parameters, vocab {cfg.vocab_size} (padded {cfg.padded_vocab_size}), "
           f"batch {a.batch}, budget {'%d steps' % a.steps if a.steps else '%.1f min' % a.minutes}, "
@@ -392,8 +394,10 @@ def main(argv=None):
     print(f"done: {meta['step']} steps, {meta['elapsed'] / 60:.1f} min, final loss (last 50 steps) {final_loss:.4f}, "
           f"k {cur.k}", flush=True)
 
+    first = meta["invocations"][0].replace(" --resume", "")
     training = {
-        "command": "/usr/bin/python3 model/reference/train.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "/usr/bin/python3 model/reference/train.py " + first,
+        "invocations": meta["invocations"],
         "args": vars(a),
         "parameters": n_params,
         "steps": meta["step"],
@@ -410,7 +414,11 @@ def main(argv=None):
     if not a.no_eval:
         import evaluate
 
-        evaluate.main([a.out, "--per-level", str(a.eval_per_level), "--threads", str(a.threads), "--model-card"])
+        ev = [a.out, "--per-level", str(a.eval_per_level), "--threads", str(a.threads), "--model-card"]
+        wl = os.path.join(REPO, "scenarios", "workloads")
+        if os.path.isdir(wl):
+            ev += ["--workloads", wl]
+        evaluate.main(ev)
 
 
 if __name__ == "__main__":
