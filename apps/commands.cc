@@ -336,4 +336,31 @@ void AddReplayCommand(CLI::App& app, int& exit_code) {
   });
 }
 
+void AddTokenizeCommand(CLI::App& app, int& exit_code) {
+  auto* cmd = app.add_subcommand("tokenize", "Encode text with a model's tokenizer");
+  auto dir = std::make_shared<std::string>();
+  auto text = std::make_shared<std::string>();
+  auto specials = std::make_shared<bool>(false);
+  cmd->add_option("--model", *dir, "Model directory (its tokenizer.json)")->required();
+  cmd->add_option("--text", *text, "Text to encode")->required();
+  cmd->add_flag("--add-special-tokens", *specials, "Apply the post-processor template");
+  cmd->callback([=, &exit_code] {
+    auto tok = model::Tokenizer::FromFile(*dir + "/tokenizer.json");
+    if (!tok.ok()) {
+      exit_code = Fail(tok.status());
+      return;
+    }
+    auto ids = (*tok)->Encode(*text, *specials);
+    if (!ids.ok()) {
+      exit_code = Fail(ids.status());
+      return;
+    }
+    json tokens = json::array();
+    for (int32_t id : *ids) tokens.push_back((*tok)->IdToToken(id));
+    std::cout << json{{"ids", *ids}, {"tokens", tokens}}.dump(-1, ' ', false,
+                                                              json::error_handler_t::replace)
+              << "\n";
+  });
+}
+
 }  // namespace ponder::apps

@@ -1,14 +1,24 @@
 #!/usr/bin/env bash
-# The demo: generation at several fixed depths on the small test checkpoint.
+# The demo: the bundled model ponder-micro answers the scenario workloads at several fixed
+# depths. Hard classes (multi-step arithmetic chains) gain accuracy with depth; easy ones
+# (copy, recall) are already right after a few iterations. Writes the chart to
+# build/demo-depth.svg.
 set -euo pipefail
 BUILD=${1:-build}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-MODEL=$ROOT/tests/data/tiny
+MODEL=$ROOT/model/zoo/ponder-micro
+W=$ROOT/scenarios/workloads
 PONDER=$BUILD/apps/ponder
-echo "== ponder inspect --model $MODEL"
-"$PONDER" inspect --model "$MODEL" --steps 32
-for r in 1 4 32; do
-  echo
-  echo "== ponder generate --model $MODEL --prompt 'The answer is' --steps $r --max-tokens 24"
-  "$PONDER" generate --model "$MODEL" --prompt "The answer is" --steps "$r" --max-tokens 24
+echo "== ponder inspect --model model/zoo/ponder-micro"
+"$PONDER" inspect --model "$MODEL"
+echo
+echo "== accuracy per scenario class at fixed depths (education and finance workloads)"
+"$PONDER" sweep --model "$MODEL" --workload "$W/education.jsonl" --workload "$W/finance.jsonl" \
+  --depths 1,2,4,8,32 --limit 60 --plot "$BUILD/demo-depth.svg"
+echo
+echo "== one question, three depths: ponder generate --prompt '+7*3+4*9+2*7+6*3+1=' --steps R"
+for r in 2 8 32; do
+  printf 'r=%-3s ' "$r"
+  "$PONDER" generate --model "$MODEL" --prompt '+7*3+4*9+2*7+6*3+1=' --steps "$r" --max-tokens 4 \
+    2>/dev/null
 done

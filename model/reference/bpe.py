@@ -81,8 +81,11 @@ def train(corpus, num_merges):
     return vocab, merges
 
 
-def build_tokenizer_json(vocab, merges):
-    """The tokenizer.json dict, special tokens appended after the BPE vocab."""
+def build_tokenizer_json(vocab, merges, split=True):
+    """The tokenizer.json dict, special tokens appended after the BPE vocab.
+
+    split=False leaves out the Split pre-tokenizer: the whole text (between special
+    tokens) is one BPE word, so merges may join any adjacent characters."""
     specials = {tok: len(vocab) + i for i, tok in enumerate(SPECIAL_TOKENS)}
     full_vocab = dict(vocab)
     full_vocab.update(specials)
@@ -110,10 +113,9 @@ def build_tokenizer_json(vocab, merges):
         "normalizer": None,
         "pre_tokenizer": {
             "type": "Sequence",
-            "pretokenizers": [
-                {"type": "Split", "pattern": {"Regex": SPLIT_REGEX}, "behavior": "Isolated", "invert": False},
-                {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
-            ],
+            "pretokenizers": ([{"type": "Split", "pattern": {"Regex": SPLIT_REGEX}, "behavior": "Isolated",
+                                "invert": False}] if split else [])
+            + [{"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}],
         },
         "post_processor": {
             "type": "TemplateProcessing",
@@ -156,6 +158,9 @@ class Tokenizer:
         for tok, i in self.added.items():
             self.vocab.setdefault(tok, i)
         self.id_to_token = {i: t for t, i in self.vocab.items()}
+        pre = tj.get("pre_tokenizer") or {}
+        steps = pre.get("pretokenizers", [pre])
+        self.split = any(p.get("type") == "Split" for p in steps)
         self.bos_id = self.added.get("<|begin_text|>")
         self.eos_id = self.added.get("<|end_text|>")
         if self.added:
@@ -200,7 +205,9 @@ class Tokenizer:
             if k % 2 == 1:  # a captured added token
                 ids.append(self.added[piece])
                 continue
-            for w in pretokenize(piece):
+            words = pretokenize(piece) if self.split else [
+                "".join(BYTE_TO_CHAR[b] for b in piece.encode("utf-8"))]
+            for w in words:
                 ids.extend(self._bpe(w))
         if add_special_tokens:
             ids = [self.bos_id] + ids + [self.eos_id]

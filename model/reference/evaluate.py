@@ -7,6 +7,12 @@ model generates greedily with a KV cache, r core iterations per token, until it 
 `<|end_text|>`. An answer is correct when the generated text before `<|end_text|>`
 equals the expected answer exactly.
 
+For the held-out split the default --mode is `forced`: one teacher-forced pass per depth,
+an answer counting when each of its tokens and the end marker is the argmax after its
+prefix, which is exactly when greedy decoding returns it (each position draws its own
+initial state, as in decoding); a subset is also decoded greedily as a check. Workloads
+default to `greedy`.
+
 The initial latent state is Huginn's random truncated normal (init_scale 1, the
 runtime's default and what training used), drawn from torch's RNG seeded per pass (the
 C++ runtime draws its own numbers, so single answers may differ; accuracies agree
@@ -225,6 +231,31 @@ def _table(rows, depths, label):
     return "\n".join(lines)
 
 
+def _tokenizer_text(model_dir):
+    """A paragraph describing tokenizer.json, read from the file."""
+    with open(os.path.join(model_dir, "tokenizer.json"), encoding="utf-8") as f:
+        tj = json.load(f)
+    tok = Tokenizer(tj)
+    merges = tj["model"].get("merges", [])
+    pre = tj.get("pre_tokenizer") or {}
+    pre_types = [p.get("type") for p in pre.get("pretokenizers", [pre])]
+    merged = []
+    for m in merges:
+        a, b = m.split(" ") if isinstance(m, str) else m
+        merged.append(tok.decode([tok.vocab[a + b]]))
+    specials = ", ".join(f"`{t['content']}` ({t['id']})" for t in tj.get("added_tokens", []))
+    text = (f"The tokenizer (`tokenizer.json`, Hugging Face BPE format, pre-tokenizer "
+            f"{' + '.join(pre_types)}) has the 256 byte-level characters as its base vocabulary (id = byte "
+            f"value)")
+    if merged:
+        text += (f", {len(merged)} merges that make each chain term one token ("
+                 + ", ".join(f"`{m}`" for m in merged) + ")")
+    else:
+        text += ", no merges"
+    text += f", and the special tokens {specials}. Every other character is one token.\n"
+    return text
+
+
 def write_model_card(model_dir, report):
     cfg = json.load(open(os.path.join(model_dir, "config.json")))
     tpath = os.path.join(model_dir, "training.json")
@@ -256,11 +287,8 @@ def write_model_card(model_dir, report):
         lines.append(f"| {k} | {cfg[k]} |")
     lines.append(f"| parameters (unique) | {n_params:,} |")
     lines.append("| weights | f32, model.safetensors |\n")
-    lines.append(
-        "`mean_recurrence` 32 is the default depth at inference. The tokenizer (`tokenizer.json`, Hugging "
-        "Face BPE format) has the 256 byte-level characters as its vocabulary (id = byte value), no "
-        "merges, and the special tokens `<|begin_text|>` (256), `<|end_text|>` (257), `<|begin_header|>`, "
-        "`<|end_header|>`, `<|end_turn|>`, `<|pad|>` (261): every character is one token.\n")
+    lines.append(f"`mean_recurrence` {cfg['mean_recurrence']} is the default depth at inference.\n")
+    lines.append(_tokenizer_text(model_dir))
     lines.append("## Tasks and prompt protocol\n")
     lines.append(
         "Generators in `model/reference/tasks.py` (seeded). A training sequence is "
@@ -293,7 +321,11 @@ def write_model_card(model_dir, report):
             "- initial state: the random truncated normal (init_scale 1), as at inference;\n"
             f"- AdamW lr {a['lr']:g}, betas (0.9, 0.95), weight decay {a['weight_decay']} on matrices, "
             f"gradient clipping {a['clip']}, {a['warmup']} warm-up steps, constant, then linear decay to "
-            f"{a['final_lr_frac']}x over the last {int(a['decay_frac'] * 100)}% of the budget;\n"
+            f"{a['final_lr_frac']}x over the last {int(a['decay_frac'] * 100)}% of the budget"
+            + (f" (the budget of {a['minutes']:g} minutes may stretch, up to {a['max_minutes']:g}, until the "
+               f"curriculum has reached k = 12 and trained {a['settle_min']:g} minutes there; this run's "
+               f"budget: {tr.get('budget_minutes', 0):.1f} minutes)" if a.get("max_minutes", 0) > a["minutes"] else "")
+            + ";\n"
             f"- {a['batch']} examples per step, one per row, right-padded (causal attention never sees the "
             f"padding), in {a['chunks']} length-sorted micro-batches; 70% chain, 10% each copy, reverse, "
             "lookup;\n"

@@ -4,9 +4,10 @@ Every example is a prompt followed by its answer. The model sees
 
     <|begin_text|> PROMPT ANSWER <|end_text|>
 
-one token per character (the tokenizer's vocabulary is the 256 byte characters, no
-merges). The prompt ends right before the answer; the answer is followed by the end
-marker `<|end_text|>`, so greedy generation stops there.
+with the tokenizer of train.py (byte-level characters, one merged token per chain
+term such as `+4` or `*3`, every other character one token). The prompt ends right
+before the answer; the answer is followed by the end marker `<|end_text|>`, so greedy
+generation stops there.
 
 Families (the difficulty knob in brackets):
 

@@ -55,32 +55,53 @@ DEFAULT_OUT = os.path.join(REPO, "model", "zoo", "ponder-micro")
 
 def build_tokenizer_json():
     """Character (byte) vocabulary: the 256 GPT-2 byte characters with id = byte value,
-    no merges, then the special tokens. Every ASCII character is one token."""
+    plus one merged token per chain term (`+0`..`+9`, `*3`, `*7`, `*9`: a term is one
+    token, as one step of the computation), then the special tokens. No Split
+    pre-tokenizer, so a merge applies wherever its two characters meet; no other task
+    text contains `+` or `*`, so every other character stays one token."""
     vocab = {bpe.BYTE_TO_CHAR[b]: b for b in range(256)}
-    return bpe.build_tokenizer_json(vocab, [])
+    merges = []
+    for term in tasks.CHAIN_TERMS:
+        a, b = bpe.BYTE_TO_CHAR[ord(term[0])], bpe.BYTE_TO_CHAR[ord(term[1])]
+        merges.append(f"{a} {b}")
+        vocab[a + b] = len(vocab)
+    return bpe.build_tokenizer_json(vocab, merges, split=False)
 
 
 class CharCodec:
-    """Fast encoder for task text, checked against bpe.Tokenizer at construction."""
+    """Fast encoder for task text (chain terms are one token, every other character one
+    token), checked against bpe.Tokenizer at construction."""
 
     def __init__(self, tj):
         self.tok = bpe.Tokenizer(tj)
         self.bos = self.tok.bos_id
         self.eos = self.tok.eos_id
         self.pad = self.tok.added["<|pad|>"]
-        chars = set(tasks.LETTERS + tasks.DIGITS + "+*=|<?")
         self.ids = {}
-        for c in sorted(chars):
+        for c in sorted(set(tasks.LETTERS + tasks.DIGITS + "+*=|<?")):
             enc = self.tok.encode(c)
             if len(enc) != 1:
                 raise RuntimeError(f"character {c!r} is not a single token: {enc}")
             self.ids[c] = enc[0]
-        probe = "+4*3+7*9=1abcxyz|qhb<a3q7?q"
-        if self.tok.encode(probe) != [self.ids[c] for c in probe]:
-            raise RuntimeError("tokenizer does not encode task text one token per character")
+        for term in tasks.CHAIN_TERMS:
+            enc = self.tok.encode(term)
+            if len(enc) != 1:
+                raise RuntimeError(f"chain term {term!r} is not a single token: {enc}")
+            self.ids[term] = enc[0]
+        for probe in ("+4*3+7*9=1", "abcxyz|", "qhb<", "a3q7?q", "+0+9*9*3*7="):
+            if self.tok.encode(probe) != self.encode(probe):
+                raise RuntimeError(f"fast encoder disagrees with the tokenizer on {probe!r}")
 
     def encode(self, text):
-        return [self.ids[c] for c in text]
+        out, i = [], 0
+        while i < len(text):
+            if text[i] in "+*" and text[i:i + 2] in self.ids:
+                out.append(self.ids[text[i:i + 2]])
+                i += 2
+            else:
+                out.append(self.ids[text[i]])
+                i += 1
+        return out
 
 
 # ---- config, init, forward -----------------------------------------------------------
@@ -230,6 +251,10 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("budget and files")
     g.add_argument("--minutes", type=float, default=45.0, help="training time budget (LR decay scheduled against it)")
+    g.add_argument("--max-minutes", type=float, default=0.0,
+                   help="allow the time budget to grow up to this many minutes until the curriculum has "
+                        "reached its last k and trained --settle-min minutes there (0: fixed budget)")
+    g.add_argument("--settle-min", type=float, default=10.0)
     g.add_argument("--steps", type=int, default=0, help="a step budget instead of --minutes (deterministic schedule)")
     g.add_argument("--work-dir", default="/tmp/ponder-micro-train")
     g.add_argument("--resume", action="store_true", help="continue from WORK_DIR/state.pt")
@@ -313,7 +338,8 @@ def main(argv=None):
     meta.setdefault("invocations", []).append(" ".join(sys.argv[1:] if argv is None else argv))
     budget_s = a.minutes * 60.0
     print(f"ponder-micro: {n_params} parameters, vocab {cfg.vocab_size} (padded {cfg.padded_vocab_size}), "
-          f"batch {a.batch}, budget {'%d steps' % a.steps if a.steps else '%.1f min' % a.minutes}, "
+          f"batch {a.batch}, budget {'%d steps' % a.steps if a.steps else '%.1f min' % a.minutes}"
+          f"{' (up to %.1f min)' % a.max_minutes if not a.steps and a.max_minutes > a.minutes else ''}, "
           f"threads {torch.get_num_threads()}", flush=True)
 
     val_sets = {k: tasks.test_set("chain", k, 100, seed=777) for k in range(1, 13)}
@@ -321,8 +347,19 @@ def main(argv=None):
     last_val = time.time()
     win = {"loss": 0.0, "tok": 0, "ok": 0, "n": 0, "r": 0, "steps": 0, "t0": time.time()}
 
+    def budget():
+        """Training seconds of the run. With --max-minutes above --minutes the budget
+        stretches so that the decay does not start before the curriculum has reached its
+        last k and trained --settle-min minutes there (never beyond --max-minutes)."""
+        if a.max_minutes <= a.minutes:
+            return budget_s
+        raised = meta["k_raised"].get(str(cur.k_max))
+        t_last = raised["minutes"] * 60.0 if raised else meta["elapsed"]
+        need = (t_last + a.settle_min * 60.0) / (1.0 - a.decay_frac)
+        return min(a.max_minutes * 60.0, max(budget_s, need))
+
     def progress():
-        return meta["step"] / a.steps if a.steps else meta["elapsed"] / budget_s
+        return meta["step"] / a.steps if a.steps else meta["elapsed"] / budget()
 
     while progress() < 1.0:
         t_step = time.time()
@@ -375,7 +412,7 @@ def main(argv=None):
             print(f"step {meta['step']:5d}  loss {win['loss'] / win['tok']:.4f}  k {cur.k:2d}  "
                   f"acc@k {cur.accuracy():.3f}  acc {win['ok'] / win['n']:.3f}  r {win['r'] / win['steps']:.1f}  "
                   f"lr {lr:.2e}  |g| {gnorm:.2f}  {dt / win['steps']:.2f}s/step  "
-                  f"elapsed {meta['elapsed'] / 60:.1f} min", flush=True)
+                  f"elapsed {meta['elapsed'] / 60:.1f}/{budget() / 60:.1f} min", flush=True)
             win = {"loss": 0.0, "tok": 0, "ok": 0, "n": 0, "r": 0, "steps": 0, "t0": time.time()}
         if time.time() - last_val > a.val_every_min * 60:
             model.eval()
@@ -394,7 +431,7 @@ def main(argv=None):
     print(f"done: {meta['step']} steps, {meta['elapsed'] / 60:.1f} min, final loss (last 50 steps) {final_loss:.4f}, "
           f"k {cur.k}", flush=True)
 
-    first = meta["invocations"][0].replace(" --resume", "")
+    first = " ".join(x for x in meta["invocations"][-1].split() if x != "--resume")
     training = {
         "command": "/usr/bin/python3 model/reference/train.py " + first,
         "invocations": meta["invocations"],
@@ -402,6 +439,7 @@ def main(argv=None):
         "parameters": n_params,
         "steps": meta["step"],
         "train_minutes": round(meta["elapsed"] / 60, 2),
+        "budget_minutes": round(budget() / 60, 2),
         "final_loss": final_loss,
         "final_k": cur.k,
         "k_raised": meta["k_raised"],
