@@ -1,6 +1,7 @@
 #include "exec/kv_cache.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 
 namespace ponder::exec {
@@ -40,6 +41,17 @@ KvSlot& SequenceCache::Core(int64_t iteration, int64_t layer) {
   return core_[slot];
 }
 
+void SequenceCache::SetDepth(int64_t pos, int64_t count, int64_t iterations) {
+  if (static_cast<int64_t>(depth_.size()) < pos + count) depth_.resize(pos + count, 0);
+  std::fill(depth_.begin() + pos, depth_.begin() + pos + count, static_cast<int32_t>(iterations));
+}
+
+int64_t SequenceCache::MinDepth(int64_t end) const {
+  int64_t m = INT64_MAX;
+  for (int64_t p = 0; p < end; ++p) m = std::min<int64_t>(m, depth(p));
+  return end > 0 ? m : 0;
+}
+
 uint64_t SequenceCache::bytes() const {
   uint64_t n = 0;
   for (const auto* group : {&prelude_, &core_, &coda_}) {
@@ -53,6 +65,7 @@ void SequenceCache::Truncate(int64_t n) {
     for (KvSlot& s : *group) s.length = std::min(s.length, n);
   }
   tokens_ = std::min(tokens_, n);
+  if (static_cast<int64_t>(depth_.size()) > n) depth_.resize(n);
 }
 
 void EnsureCapacity(KvSlot& slot, int64_t end, int64_t width) {

@@ -43,6 +43,18 @@ class SequenceCache {
   KvSlot& Core(int64_t iteration, int64_t layer);
   KvSlot& Coda(int64_t layer) { return coda_[layer]; }
 
+  // Core iterations the token at `pos` has run (its last written core iteration); 0 for
+  // a position no core iteration has reached. Tokens that exited early have fewer
+  // iterations than later ones: attention at iteration i reads such a token's keys from
+  // its iteration min(i, depth) of the same layer (the reference's `latest-m4` lookup,
+  // for any core-block size).
+  int64_t depth(int64_t pos) const {
+    return pos < static_cast<int64_t>(depth_.size()) ? depth_[pos] : 0;
+  }
+  void SetDepth(int64_t pos, int64_t count, int64_t iterations);
+  // Smallest depth over positions [0, end).
+  int64_t MinDepth(int64_t end) const;
+
   // Tokens whose whole forward pass (through the coda) is cached.
   int64_t tokens() const { return tokens_; }
   void set_tokens(int64_t n) { tokens_ = n; }
@@ -58,6 +70,7 @@ class SequenceCache {
   int64_t width_;
   KvStrategy strategy_;
   std::vector<KvSlot> prelude_, core_, coda_;
+  std::vector<int32_t> depth_;
   int64_t tokens_ = 0;
 };
 

@@ -173,11 +173,18 @@ void CpuModel::CoreStep(std::span<const Chunk> chunks, std::span<const int64_t> 
   }
   Linear(cat_.data(), n, 2 * d_, weights_.adapter, s, d_, pool_);
   slot_ptrs_.resize(chunks.size());
+  core_iterations_ = iterations.data();
   for (int64_t l = 0; l < config_.n_layers_in_recurrent_block; ++l) {
     for (size_t b = 0; b < chunks.size(); ++b) {
       slot_ptrs_[b] = &chunks[b].cache->Core(iterations[b], l);
     }
+    core_layer_ = l;
     Block(chunks, weights_.core[l], slot_ptrs_, s);
+  }
+  core_layer_ = -1;
+  core_iterations_ = nullptr;
+  for (size_t b = 0; b < chunks.size(); ++b) {
+    chunks[b].cache->SetDepth(chunks[b].pos, chunks[b].count, iterations[b]);
   }
 }
 
@@ -282,6 +289,33 @@ void CpuModel::Attention(std::span<const Chunk> chunks, std::span<KvSlot* const>
   // Causal attention per (chunk, head): the query at position p sees keys 0..p.
   std::vector<int64_t> offsets(chunks.size() + 1, 0);
   for (size_t b = 0; b < chunks.size(); ++b) offsets[b + 1] = offsets[b] + chunks[b].count;
+  // Keys and values per chunk: the slot itself, or, in a core layer where some earlier
+  // token stopped iterating before this iteration, rows gathered from that token's last
+  // iteration of the same layer.
+  std::vector<const float*> keys(chunks.size()), values(chunks.size());
+  gathered_k_.resize(chunks.size());
+  gathered_v_.resize(chunks.size());
+  for (size_t b = 0; b < chunks.size(); ++b) {
+    const Chunk& c = chunks[b];
+    keys[b] = slots[b]->k.data();
+    values[b] = slots[b]->v.data();
+    if (core_layer_ < 0 || c.pos == 0) continue;
+    const int64_t it = core_iterations_[b];
+    if (c.cache->MinDepth(c.pos) >= it) continue;
+    const int64_t ctx = c.pos + c.count;
+    auto& gk = gathered_k_[b];
+    auto& gv = gathered_v_[b];
+    gk.resize(ctx * d_);
+    gv.resize(ctx * d_);
+    for (int64_t p = 0; p < ctx; ++p) {
+      const int64_t from = p < c.pos ? std::min(it, c.cache->depth(p)) : it;
+      const KvSlot& src = from == it ? *slots[b] : c.cache->Core(from, core_layer_);
+      std::memcpy(&gk[p * d_], &src.k[p * d_], d_ * sizeof(float));
+      std::memcpy(&gv[p * d_], &src.v[p * d_], d_ * sizeof(float));
+    }
+    keys[b] = gk.data();
+    values[b] = gv.data();
+  }
   const int64_t tasks = static_cast<int64_t>(chunks.size()) * heads_;
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim_));
   int64_t work = 0;
@@ -296,16 +330,15 @@ void CpuModel::Attention(std::span<const Chunk> chunks, std::span<KvSlot* const>
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / heads_, h = task % heads_;
       const Chunk& c = chunks[b];
-      const KvSlot& slot = *slots[b];
       const int64_t ctx = c.pos + c.count;  // keys visible to the last new row
       // Q [count, hd], K and V [ctx, hd]: views with row strides into qkv and the slot.
       ConstStrided q(qkv + offsets[b] * ld + h * head_dim_, c.count, head_dim_,
                      Eigen::OuterStride<>(ld));
-      ConstStrided k(slot.k.data() + h * head_dim_, ctx, head_dim_, Eigen::OuterStride<>(d_));
-      ConstStrided v(slot.v.data() + h * head_dim_, ctx, head_dim_, Eigen::OuterStride<>(d_));
+      ConstStrided k(keys[b] + h * head_dim_, ctx, head_dim_, Eigen::OuterStride<>(d_));
+      ConstStrided v(values[b] + h * head_dim_, ctx, head_dim_, Eigen::OuterStride<>(d_));
       if (c.count == 1) {  // decode: one query, plain vector loops (no GEMV overhead)
-        AttendOne(q.data(), slot.k.data() + h * head_dim_, slot.v.data() + h * head_dim_, d_,
-                  head_dim_, ctx, scale, scores, out + offsets[b] * d_ + h * head_dim_);
+        AttendOne(q.data(), keys[b] + h * head_dim_, values[b] + h * head_dim_, d_, head_dim_, ctx,
+                  scale, scores, out + offsets[b] * d_ + h * head_dim_);
         continue;
       }
       probs.resize(c.count, ctx);

@@ -79,6 +79,11 @@ class CpuModel {
   ThreadPool* pool_;
   int64_t d_, heads_, head_dim_, ffn_;
   std::vector<float> rope_cos_, rope_sin_;  // [block_size, head_dim / 2]
+  // Set while CoreStep runs a core layer: attention then resolves past tokens that ran
+  // fewer iterations (see SequenceCache::depth).
+  const int64_t* core_iterations_ = nullptr;
+  int64_t core_layer_ = -1;
+  std::vector<std::vector<float>> gathered_k_, gathered_v_;
   // Scratch, grown on demand.
   std::vector<float> h_, qkv_, attn_, tmp_, ffn_buf_, cat_, scores_;
   std::vector<KvSlot*> slot_ptrs_;

@@ -4,8 +4,10 @@
 Writes the held-out split (per family and level, --per-level examples) as a workload
 JSONL, scores it with `ponder replay --fixed-steps r --json` and with the reference's
 greedy decoding (evaluate.py) at each depth, and prints accuracy per family and depth
-for both, with the difference in points. Both draw random initial states (init_scale 1)
-from their own generators, so single answers may differ; accuracies should agree.
+for both, with the difference in points. With --init-scale 0 (the zero initial state)
+both compute the same function and answers should agree one by one; with the default
+random state (init_scale 1) each runtime draws from its own generator, so single
+answers may differ and only the accuracies should agree (within sampling noise).
 
     /usr/bin/python3 model/reference/compare_runtime.py model/zoo/ponder-micro \\
         --ponder build/apps/ponder [--per-level 50] [--depths 1,2,4,8,16,32,64]
@@ -35,6 +37,7 @@ def main():
     ap.add_argument("--per-level", type=int, default=50)
     ap.add_argument("--depths", default="1,2,4,8,16,32,64")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--init-scale", type=float, default=1.0)
     ap.add_argument("--out", help="write the comparison as JSON here")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -54,13 +57,14 @@ def main():
     cpp = {}
     for r in depths:
         out = subprocess.run([a.ponder, "replay", "--model", a.model, "--workload", path,
-                              "--fixed-steps", str(r), "--json", "--threads", str(a.threads)],
+                              "--fixed-steps", str(r), "--json", "--threads", str(a.threads),
+                              "--init-scale", str(a.init_scale)],
                              capture_output=True, text=True, check=True)
         cpp[r] = json.loads(out.stdout)["families"]
     os.unlink(path)
     model = Huginn.from_dir(a.model)
     tok = Tokenizer.from_file(os.path.join(a.model, "tokenizer.json"))
-    res = evaluate.run_examples(model, tok, examples, depths, init_scale=1.0, seed=0,
+    res = evaluate.run_examples(model, tok, examples, depths, init_scale=a.init_scale, seed=0,
                                 mode="greedy")
     ref = evaluate.summarize(examples, res, ["family"])["family"]
     worst = 0.0
