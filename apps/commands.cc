@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "apps/common.h"
+#include "exec/adaptive.h"
 #include "exec/cpu/cpu_model.h"
 #include "exec/generator.h"
 #include "model/checkpoint.h"
@@ -130,14 +131,22 @@ void AddInspectCommand(CLI::App& app, int& exit_code) {
 void AddGenerateCommand(CLI::App& app, int& exit_code) {
   auto* cmd = app.add_subcommand("generate", "Generate text at a fixed depth");
   struct Args {
-    std::string dir, prompt, kv = "full";
-    int64_t steps = 32, max_tokens = 32;
+    std::string dir, prompt, kv = "full", exit_rule;
+    int64_t steps = 32, max_tokens = 32, min_steps = 1, check_every = 1;
     uint64_t seed = 0;
-    double temperature = 0.0, top_p = 1.0, init_scale = 1.0;
+    double temperature = 0.0, top_p = 1.0, init_scale = 1.0, exit_threshold = -1.0;
     int threads = 0;
     bool chat = false, as_json = false;
   };
   auto a = std::make_shared<Args>();
+  cmd->add_option("--exit", a->exit_rule,
+                  "Per-token exit rule (kl, minp-kl, entropy-diff, latent-diff, cosine, "
+                  "argmax-stability); --steps is then the maximum");
+  cmd->add_option("--exit-threshold", a->exit_threshold, "Threshold of the exit rule");
+  cmd->add_option("--min-steps", a->min_steps, "With --exit: iterations before any exit")
+      ->check(CLI::Range(1, 4096));
+  cmd->add_option("--check-every", a->check_every, "With --exit: iterations between checks")
+      ->check(CLI::Range(1, 4096));
   cmd->add_option("--model", a->dir, "Model directory")->required();
   cmd->add_option("--prompt", a->prompt, "Prompt text")->required();
   cmd->add_option("--steps", a->steps, "Core iterations per token")->check(CLI::Range(1, 4096));
@@ -182,6 +191,72 @@ void AddGenerateCommand(CLI::App& app, int& exit_code) {
     go.kv = *kv;
     for (const char* stop : {"<|end_text|>", "<|end_turn|>"}) {
       if (tok.TokenToId(stop) >= 0) go.stop_ids.push_back(tok.TokenToId(stop));
+    }
+    if (!a->exit_rule.empty()) {
+      auto rule = policy::ParseExitRule(a->exit_rule);
+      if (!rule.ok()) {
+        exit_code = Fail(rule.status().WithContext("--exit"));
+        return;
+      }
+      if (a->min_steps > a->steps) {
+        exit_code = Fail(InvalidArgument("--min-steps must be <= --steps"));
+        return;
+      }
+      policy::DepthPlan plan;
+      plan.min_steps = static_cast<int>(a->min_steps);
+      plan.max_steps = plan.class_max_steps = static_cast<int>(a->steps);
+      plan.rule = *rule;
+      plan.threshold = a->exit_threshold >= 0 ? a->exit_threshold : policy::DefaultThreshold(*rule);
+      plan.check_every = static_cast<int>(a->check_every);
+      plan.check_from = 1;
+      exec::AdaptiveOptions ao;
+      ao.max_tokens = go.max_tokens;
+      ao.seed = go.seed;
+      ao.init_scale = go.init_scale;
+      ao.sampling = go.sampling;
+      ao.stop_ids = go.stop_ids;
+      ao.kv = go.kv;
+      auto res = exec::GenerateAdaptive(*rt->model, *ids, plan, ao);
+      if (!res.ok()) {
+        exit_code = Fail(res.status());
+        return;
+      }
+      std::vector<int32_t> ids_out;
+      json per_token = json::array();
+      int64_t total = 0;
+      for (const auto& t : res->tokens) {
+        ids_out.push_back(t.token);
+        total += t.steps;
+        per_token.push_back({{"token", t.token},
+                             {"steps", t.steps},
+                             {"exit", std::string(policy::ExitReasonName(t.reason))}});
+      }
+      auto decoded = tok.Decode(ids_out, /*skip_special_tokens=*/true);
+      if (!decoded.ok()) {
+        exit_code = Fail(decoded.status());
+        return;
+      }
+      const double mean = ids_out.empty() ? 0.0 : double(total) / ids_out.size();
+      if (a->as_json) {
+        json out = {{"text", *decoded},
+                    {"tokens", ids_out},
+                    {"per_token", per_token},
+                    {"mean_steps_per_token", mean},
+                    {"max_steps", a->steps},
+                    {"logit_checks", res->checks.logit_checks},
+                    {"latent_checks", res->checks.latent_checks},
+                    {"finish_reason", res->finish_reason}};
+        std::cout << out.dump(-1, ' ', false, json::error_handler_t::replace) << "\n";
+        return;
+      }
+      std::printf("%s\n", decoded->c_str());
+      std::fprintf(stderr,
+                   "[%zu tokens, %.1f iterations per token (max %lld), exits:", ids_out.size(),
+                   mean, (long long)a->steps);
+      for (const auto& t : res->tokens) std::fprintf(stderr, " %lld", (long long)t.steps);
+      std::fprintf(stderr, "; %lld logit checks, %lld latent checks]\n",
+                   (long long)res->checks.logit_checks, (long long)res->checks.latent_checks);
+      return;
     }
     auto res = exec::Generate(*rt->model, *ids, go);
     if (!res.ok()) {

@@ -90,5 +90,18 @@ check("inspect reports layers from the file",
 check("inspect kv full > compress", ok and info["kv_cache"]["full"]["bytes_per_token"]
       > info["kv_cache"]["compress-s3"]["bytes_per_token"])
 
+# Per-token exits: steps per token within [min, max], reasons named, deterministic.
+p = run("generate", "--model", os.path.join(DATA, "tiny"), "--prompt", "The answer is",
+        "--steps", "32", "--min-steps", "3", "--exit", "latent-diff", "--exit-threshold", "0.01",
+        "--max-tokens", "6", "--json")
+ok = p.returncode == 0
+ad = json.loads(p.stdout) if ok else {}
+steps = [t["steps"] for t in ad.get("per_token", [])]
+check("adaptive generate exits per token",
+      ok and len(steps) == 6 and all(3 <= s <= 32 for s in steps)
+      and any(t["exit"] == "converged" for t in ad["per_token"]), p.stderr)
+p = run("generate", "--model", os.path.join(DATA, "tiny"), "--prompt", "x", "--exit", "klx")
+check("unknown exit rule is an error", p.returncode == 1 and "klx" in p.stderr, p.stderr)
+
 print(f"{passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)
