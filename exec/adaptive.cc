@@ -16,7 +16,8 @@ double SteadySeconds() {
 
 Result<AdaptiveResult> GenerateAdaptive(cpu::CpuModel& model, std::span<const int32_t> prompt,
                                         const policy::DepthPlan& plan,
-                                        const AdaptiveOptions& options, double (*now)()) {
+                                        const AdaptiveOptions& options, double (*now)(),
+                                        const std::function<void(int32_t)>& on_token) {
   const model::Config& cfg = model.config();
   if (prompt.empty()) return InvalidArgument("generate: the prompt has no tokens");
   if (plan.max_steps < 1 || plan.min_steps < 1 || plan.min_steps > plan.max_steps) {
@@ -38,6 +39,7 @@ Result<AdaptiveResult> GenerateAdaptive(cpu::CpuModel& model, std::span<const in
   std::vector<int32_t> input(prompt.begin(), prompt.end());
   std::vector<float> e, s, logits(head_rows), warm;
   for (int64_t produced = 0; produced < options.max_tokens; ++produced) {
+    const auto t0 = std::chrono::steady_clock::now();
     const int64_t n = static_cast<int64_t>(input.size());
     cpu::Chunk chunk{cache.get(), cache->tokens(), n};
     std::span<const cpu::Chunk> chunks(&chunk, 1);
@@ -91,7 +93,11 @@ Result<AdaptiveResult> GenerateAdaptive(cpu::CpuModel& model, std::span<const in
     if (produced == 0) result.prompt_steps = step;
     const int32_t next =
         Sample(std::span<const float>(logits.data(), vocab), options.sampling, rng);
+    const double secs =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    (produced == 0 ? result.prefill_seconds : result.decode_seconds) += secs;
     result.tokens.push_back({next, step, decision.reason});
+    if (on_token) on_token(next);
     if (std::find(options.stop_ids.begin(), options.stop_ids.end(), next) !=
         options.stop_ids.end()) {
       result.finish_reason = "stop";

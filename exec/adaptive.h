@@ -1,6 +1,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <vector>
@@ -36,6 +37,8 @@ struct AdaptiveResult {
   policy::CheckCounts checks;
   std::string finish_reason;  // "stop" or "length"
   uint64_t kv_bytes = 0;
+  double prefill_seconds = 0.0;  // the first token (prompt rows)
+  double decode_seconds = 0.0;   // all tokens after the first
 };
 
 // Generation of one sequence with per-token exits decided by an ExitController on
@@ -46,10 +49,9 @@ struct AdaptiveResult {
 // from those tokens' last iteration of the same layer. With warm_start, each token's
 // initial state is the previous token's final state. `now` gives seconds on the plan's
 // clock (for deadlines).
-[[nodiscard]] Result<AdaptiveResult> GenerateAdaptive(cpu::CpuModel& model,
-                                                      std::span<const int32_t> prompt,
-                                                      const policy::DepthPlan& plan,
-                                                      const AdaptiveOptions& options,
-                                                      double (*now)() = nullptr);
+[[nodiscard]] Result<AdaptiveResult> GenerateAdaptive(
+    cpu::CpuModel& model, std::span<const int32_t> prompt, const policy::DepthPlan& plan,
+    const AdaptiveOptions& options, double (*now)() = nullptr,
+    const std::function<void(int32_t)>& on_token = {});
 
 }  // namespace ponder::exec

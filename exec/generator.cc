@@ -1,60 +1,35 @@
 #include "exec/generator.h"
 
 #include <algorithm>
-#include <chrono>
+
+#include "exec/adaptive.h"
 
 namespace ponder::exec {
 
 Result<GenerateResult> Generate(cpu::CpuModel& model, std::span<const int32_t> prompt,
                                 const GenerateOptions& options,
                                 const std::function<void(int32_t)>& on_token) {
-  const model::Config& cfg = model.config();
-  if (prompt.empty()) return InvalidArgument("generate: the prompt has no tokens");
   if (options.steps < 1) return InvalidArgument("generate: steps must be >= 1");
   if (options.max_tokens < 1) return InvalidArgument("generate: max_tokens must be >= 1");
-  if (static_cast<int64_t>(prompt.size()) >= cfg.block_size) {
-    return OutOfRange("generate: prompt of " + std::to_string(prompt.size()) +
-                      " tokens leaves no room in the context of " + std::to_string(cfg.block_size));
-  }
-  using Clock = std::chrono::steady_clock;
-  auto cache = model.NewCache(options.kv);
+  // Fixed depth is the adaptive loop with no exit rule and min = max = steps.
+  policy::DepthPlan plan;
+  plan.min_steps = plan.max_steps = plan.class_max_steps = static_cast<int>(options.steps);
+  plan.rule = policy::ExitRule::kNone;
+  AdaptiveOptions ao;
+  ao.max_tokens = options.max_tokens;
+  ao.seed = options.seed;
+  ao.init_scale = options.init_scale;
+  ao.sampling = options.sampling;
+  ao.stop_ids = options.stop_ids;
+  ao.kv = options.kv;
+  PONDER_ASSIGN_OR_RETURN(AdaptiveResult r,
+                          GenerateAdaptive(model, prompt, plan, ao, nullptr, on_token));
   GenerateResult result;
-  uint64_t rng = options.seed ^ 0x5851f42d4c957f2dull;
-  const int64_t d = cfg.n_embd;
-  const int64_t vocab = cfg.vocab_size;
-  const int64_t head_rows = cfg.padded_vocab_size;
-
-  std::vector<int32_t> input(prompt.begin(), prompt.end());
-  std::vector<float> e, s, logits(head_rows);
-  for (int64_t produced = 0; produced < options.max_tokens; ++produced) {
-    const auto t0 = Clock::now();
-    const int64_t n = static_cast<int64_t>(input.size());
-    cpu::Chunk chunk{cache.get(), cache->tokens(), n};
-    std::span<const cpu::Chunk> chunks(&chunk, 1);
-    e.resize(n * d);
-    s.resize(n * d);
-    PONDER_RETURN_IF_ERROR(model.Prelude(chunks, input, e.data()));
-    model.InitState(chunks, options.seed, 0, options.init_scale, s.data());
-    for (int64_t i = 1; i <= options.steps; ++i) {
-      model.CoreStep(chunks, std::span<const int64_t>(&i, 1), e.data(), s.data());
-    }
-    model.Coda(chunks, s.data(), /*last_only=*/true, logits.data());
-    const int32_t next =
-        Sample(std::span<const float>(logits.data(), vocab), options.sampling, rng);
-    const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
-    (produced == 0 ? result.prefill_seconds : result.decode_seconds) += secs;
-    result.tokens.push_back(next);
-    if (on_token) on_token(next);
-    if (std::find(options.stop_ids.begin(), options.stop_ids.end(), next) !=
-        options.stop_ids.end()) {
-      result.finish_reason = "stop";
-      break;
-    }
-    if (cache->tokens() + 1 >= cfg.block_size) break;  // context full
-    input.assign(1, next);
-  }
-  if (result.finish_reason.empty()) result.finish_reason = "length";
-  result.kv_bytes = cache->bytes();
+  for (const TokenTrace& t : r.tokens) result.tokens.push_back(t.token);
+  result.finish_reason = r.finish_reason;
+  result.prefill_seconds = r.prefill_seconds;
+  result.decode_seconds = r.decode_seconds;
+  result.kv_bytes = r.kv_bytes;
   return result;
 }
 

@@ -10,6 +10,7 @@
 #include <unordered_map>
 #include <utility>
 
+#include "core/json_path.h"
 #include "model/tokenizer_steps.h"
 
 namespace ponder::model {
@@ -64,21 +65,9 @@ using json = nlohmann::json;
 
 constexpr int64_t kMaxTokenId = (int64_t{1} << 24) - 1;
 
-std::string Child(const std::string& path, std::string_view key) {
-  std::string out = path + "/";
-  for (char c : key) {
-    if (c == '~') {
-      out += "~0";
-    } else if (c == '/') {
-      out += "~1";
-    } else {
-      out += c;
-    }
-  }
-  return out;
-}
-std::string Child(const std::string& path, size_t index) {
-  return path + "/" + std::to_string(index);
+template <typename K>
+std::string Child(const std::string& path, K key) {
+  return JsonChild(path, key);
 }
 
 bool IsAsciiSpace(char c) {

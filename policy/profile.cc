@@ -8,6 +8,7 @@
 #include <set>
 #include <sstream>
 
+#include "core/json_path.h"
 #include "policy/names.h"
 
 namespace ponder::policy {
@@ -15,23 +16,9 @@ namespace {
 
 using json = nlohmann::json;
 
-// JSON pointer (RFC 6901) of a member: "~" -> "~0", "/" -> "~1".
-std::string Child(const std::string& path, std::string_view key) {
-  std::string out = path + "/";
-  for (char c : key) {
-    if (c == '~') {
-      out += "~0";
-    } else if (c == '/') {
-      out += "~1";
-    } else {
-      out += c;
-    }
-  }
-  return out;
-}
-
-std::string Child(const std::string& path, size_t index) {
-  return path + "/" + std::to_string(index);
+template <typename K>
+std::string Child(const std::string& path, K key) {
+  return JsonChild(path, key);
 }
 
 bool ValidName(const std::string& name) {

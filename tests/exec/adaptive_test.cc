@@ -81,7 +81,7 @@ policy::DepthPlan Plan(int min_steps, int max_steps, policy::ExitRule rule, doub
   return p;
 }
 
-TEST(AdaptiveTest, NoRuleRunsEveryTokenToMaxAndMatchesFixedDepth) {
+TEST(AdaptiveTest, NoRuleRunsEveryTokenToMaxAndMatchesForwardPasses) {
   testing::RandomModel rm(testing::SmallConfig(), DType::kF32, 22);
   CpuModel model(rm.config(), rm.weights(), nullptr);
   const std::vector<int32_t> prompt = {1, 2, 3, 4};
@@ -90,15 +90,21 @@ TEST(AdaptiveTest, NoRuleRunsEveryTokenToMaxAndMatchesFixedDepth) {
   ao.seed = 4;
   auto res = GenerateAdaptive(model, prompt, Plan(3, 3, policy::ExitRule::kNone, 0), ao);
   ASSERT_TRUE(res.ok()) << res.status().ToString();
-  GenerateOptions go;
-  go.steps = 3;
-  go.max_tokens = 6;
-  go.seed = 4;
-  auto fixed = Generate(model, prompt, go);
-  ASSERT_TRUE(fixed.ok());
-  ASSERT_EQ(res->tokens.size(), fixed->tokens.size());
+  // The same by hand: full forward passes on a growing cache, greedy.
+  std::vector<int32_t> want;
+  auto cache = model.NewCache();
+  std::vector<int32_t> input = prompt;
+  const int64_t v = rm.config().padded_vocab_size;
+  for (int i = 0; i < 6; ++i) {
+    auto logits = model.Forward(*cache, input, 3, nullptr, 4, 1.0);
+    ASSERT_TRUE(logits.ok());
+    const float* last = logits->data() + logits->size() - v;
+    want.push_back(Argmax({last, static_cast<size_t>(rm.config().vocab_size)}));
+    input = {want.back()};
+  }
+  ASSERT_EQ(res->tokens.size(), want.size());
   for (size_t i = 0; i < res->tokens.size(); ++i) {
-    EXPECT_EQ(res->tokens[i].token, fixed->tokens[i]);
+    EXPECT_EQ(res->tokens[i].token, want[i]);
     EXPECT_EQ(res->tokens[i].steps, 3);
     EXPECT_EQ(res->tokens[i].reason, policy::ExitReason::kMaxSteps);
   }
