@@ -4,6 +4,7 @@
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -13,6 +14,7 @@
 #include "exec/cpu/cpu_model.h"
 #include "exec/generator.h"
 #include "model/checkpoint.h"
+#include "policy/profile.h"
 #include "scenarios/replay.h"
 
 namespace ponder::apps {
@@ -345,7 +347,7 @@ void AddLogitsCommand(CLI::App& app, int& exit_code) {
 void AddReplayCommand(CLI::App& app, int& exit_code) {
   auto* cmd = app.add_subcommand("replay", "Score a workload (JSONL with expected answers)");
   struct Args {
-    std::string dir, workload, kv = "full";
+    std::string dir, workload, kv = "full", profile;
     int64_t steps = 32, max_tokens = 16, batch = 32;
     uint64_t seed = 0;
     double init_scale = 1.0;
@@ -357,6 +359,9 @@ void AddReplayCommand(CLI::App& app, int& exit_code) {
   cmd->add_option("--workload", a->workload, "Workload JSONL file")->required();
   cmd->add_option("--fixed-steps", a->steps, "Core iterations per token")
       ->check(CLI::Range(1, 4096));
+  cmd->add_option("--profile", a->profile,
+                  "Domain profile JSON: plan each request by its class and exit per token "
+                  "(instead of --fixed-steps)");
   cmd->add_option("--max-tokens", a->max_tokens, "Answer tokens at most")
       ->check(CLI::Range(1, 4096));
   cmd->add_option("--batch", a->batch, "Sequences decoded together")->check(CLI::Range(1, 4096));
@@ -382,7 +387,17 @@ void AddReplayCommand(CLI::App& app, int& exit_code) {
       exit_code = Fail(rt.status());
       return;
     }
+    std::optional<policy::DomainProfile> profile;
+    if (!a->profile.empty()) {
+      auto loaded = policy::LoadProfile(a->profile);
+      if (!loaded.ok()) {
+        exit_code = Fail(loaded.status());
+        return;
+      }
+      profile = std::move(*loaded);
+    }
     scenarios::ReplayOptions ro;
+    ro.profile = profile ? &*profile : nullptr;
     ro.steps = a->steps;
     ro.max_tokens = a->max_tokens;
     ro.batch = a->batch;
@@ -395,14 +410,19 @@ void AddReplayCommand(CLI::App& app, int& exit_code) {
       return;
     }
     if (a->as_json) {
-      std::cout << scenarios::ReportJson(*report, a->steps, a->items) << "\n";
+      std::cout << scenarios::ReportJson(*report, profile ? 0 : a->steps, a->items) << "\n";
       return;
     }
-    std::printf("%s at r=%lld: accuracy %.3f over %lld requests\n", a->workload.c_str(),
-                (long long)a->steps, report->total.accuracy(), (long long)report->total.requests);
+    std::printf(
+        "%s (%s): accuracy %.3f over %lld requests, %.2f iterations per token\n",
+        a->workload.c_str(),
+        profile ? ("profile " + profile->name).c_str() : ("r=" + std::to_string(a->steps)).c_str(),
+        report->total.accuracy(), (long long)report->total.requests,
+        report->total.mean_steps_per_token());
     for (const auto& [name, s] : report->classes) {
-      std::printf("  class  %-28s %.3f  (%lld)\n", name.c_str(), s.accuracy(),
-                  (long long)s.requests);
+      std::printf("  class  %-28s %.3f  (%lld)  steps/token mean %.2f p50 %.0f p95 %.0f\n",
+                  name.c_str(), s.accuracy(), (long long)s.requests, s.mean_steps_per_token(),
+                  s.StepsQuantile(0.5), s.StepsQuantile(0.95));
     }
     for (const auto& [name, s] : report->families) {
       std::printf("  family %-28s %.3f  (%lld)\n", name.c_str(), s.accuracy(),

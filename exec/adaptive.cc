@@ -6,13 +6,10 @@
 #include "policy/criteria.h"
 
 namespace ponder::exec {
-namespace {
-
-double SteadySeconds() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+double MonotonicSeconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
 }
-
-}  // namespace
 
 Result<AdaptiveResult> GenerateAdaptive(cpu::CpuModel& model, std::span<const int32_t> prompt,
                                         const policy::DepthPlan& plan,
@@ -27,7 +24,7 @@ Result<AdaptiveResult> GenerateAdaptive(cpu::CpuModel& model, std::span<const in
     return OutOfRange("generate: prompt of " + std::to_string(prompt.size()) +
                       " tokens leaves no room in the context of " + std::to_string(cfg.block_size));
   }
-  if (now == nullptr) now = &SteadySeconds;
+  if (now == nullptr) now = &MonotonicSeconds;
   const int64_t d = cfg.n_embd;
   const int64_t head_rows = cfg.padded_vocab_size;
   const auto vocab = static_cast<size_t>(cfg.vocab_size);

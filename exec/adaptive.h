@@ -24,6 +24,10 @@ struct AdaptiveOptions {
   KvStrategy kv;
 };
 
+// Seconds on the steady clock GenerateAdaptive uses by default; plan requests with
+// PlanContext::now = MonotonicSeconds() so that their deadlines share this clock.
+double MonotonicSeconds();
+
 // What one generated token cost and why it stopped iterating.
 struct TokenTrace {
   int32_t token = 0;

@@ -9,6 +9,7 @@
 #include "exec/cpu/cpu_model.h"
 #include "exec/kv_cache.h"
 #include "model/tokenizer.h"
+#include "policy/profile.h"
 #include "scenarios/workload.h"
 
 namespace ponder::scenarios {
@@ -20,17 +21,26 @@ struct ReplayOptions {
   uint64_t seed = 0;
   double init_scale = 1.0;
   exec::KvStrategy kv;
+  // When set, each request is planned with this profile (its `class` when the profile
+  // has it, else the profile's routing) and every token exits per the plan's rule;
+  // `steps` is then ignored. Requests run one at a time.
+  const policy::DomainProfile* profile = nullptr;
 };
 
 // Accuracy and compute of a group of requests.
 struct Score {
   int64_t requests = 0;
   int64_t correct = 0;
-  int64_t tokens = 0;  // generated tokens
-  int64_t steps = 0;   // core iterations spent on them
+  int64_t tokens = 0;                    // generated tokens
+  int64_t steps = 0;                     // core iterations spent on them
+  std::vector<int32_t> token_steps;      // iterations of each generated token
+  std::map<std::string, int64_t> exits;  // tokens by exit reason
   double accuracy() const { return requests ? double(correct) / requests : 0.0; }
   double mean_steps_per_token() const { return tokens ? double(steps) / tokens : 0.0; }
-  void Add(bool ok, int64_t generated, int64_t iterations);
+  // Quantile q in [0, 1] of the per-token iterations (nearest rank); 0 when empty.
+  double StepsQuantile(double q) const;
+  void Add(bool ok, const std::vector<int32_t>& per_token_steps,
+           const std::vector<std::string>& exit_reasons);
 };
 
 struct ItemResult {

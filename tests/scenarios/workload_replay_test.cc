@@ -5,6 +5,7 @@
 
 #include "exec/generator.h"
 #include "model/checkpoint.h"
+#include "policy/profile.h"
 #include "scenarios/replay.h"
 #include "scenarios/sweep.h"
 #include "scenarios/workload.h"
@@ -113,13 +114,48 @@ TEST_F(ReplayTest, ScoresAgainstExpectedAnswersPerClassAndFamily) {
   }
 }
 
+TEST_F(ReplayTest, ProfilePlansEachClassAndExitsPerToken) {
+  auto profile =
+      policy::LoadProfile(std::string(PONDER_SOURCE_DIR) + "/scenarios/profiles/education.json");
+  ASSERT_TRUE(profile.ok()) << profile.status().ToString();
+  std::vector<WorkloadItem> items;
+  for (const char* cls : {"concept_explanation", "complex_problem_solving"}) {
+    for (const char* prompt : {"+4*3=", "abc|"}) {
+      WorkloadItem it;
+      it.prompt = prompt;
+      it.expected = "?";
+      it.family = "f";
+      it.task_class = cls;
+      items.push_back(it);
+    }
+  }
+  ReplayOptions ro;
+  ro.max_tokens = 3;
+  ro.profile = &*profile;
+  auto report = Replay(*model_, *ckpt_->tokenizer, items, ro);
+  ASSERT_TRUE(report.ok()) << report.status().ToString();
+  // Each class's tokens stay inside its [min_steps, max_steps]: 4..8 and 32..64.
+  const Score& easy = report->classes.at("concept_explanation");
+  const Score& hard = report->classes.at("complex_problem_solving");
+  ASSERT_FALSE(easy.token_steps.empty());
+  for (int32_t s : easy.token_steps) EXPECT_TRUE(s >= 4 && s <= 8) << s;
+  for (int32_t s : hard.token_steps) EXPECT_TRUE(s >= 32 && s <= 64) << s;
+  EXPECT_LT(easy.mean_steps_per_token(), hard.mean_steps_per_token());
+  int64_t reasons = 0;
+  for (const auto& [name, n] : hard.exits) {
+    EXPECT_TRUE(name == "converged" || name == "max_steps") << name;
+    reasons += n;
+  }
+  EXPECT_EQ(reasons, hard.tokens);
+}
+
 TEST(SweepTest, CurvesAndSvg) {
   ReplayReport a, b;
-  a.classes["hard"].Add(false, 1, 1);
-  a.classes["hard"].Add(true, 1, 1);
-  b.classes["hard"].Add(true, 1, 8);
-  b.classes["hard"].Add(true, 1, 8);
-  b.classes["easy<&>"].Add(true, 1, 8);
+  a.classes["hard"].Add(false, {1}, {"max_steps"});
+  a.classes["hard"].Add(true, {1}, {"max_steps"});
+  b.classes["hard"].Add(true, {8}, {"max_steps"});
+  b.classes["hard"].Add(true, {8}, {"max_steps"});
+  b.classes["easy<&>"].Add(true, {8}, {"max_steps"});
   auto table = ClassCurves({1, 8}, {a, b});
   ASSERT_EQ(table.curves.size(), 2u);
   EXPECT_EQ(table.curves[1].name, "hard");
