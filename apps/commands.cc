@@ -211,14 +211,7 @@ void AddGenerateCommand(CLI::App& app, int& exit_code) {
       plan.threshold = a->exit_threshold >= 0 ? a->exit_threshold : policy::DefaultThreshold(*rule);
       plan.check_every = static_cast<int>(a->check_every);
       plan.check_from = 1;
-      exec::AdaptiveOptions ao;
-      ao.max_tokens = go.max_tokens;
-      ao.seed = go.seed;
-      ao.init_scale = go.init_scale;
-      ao.sampling = go.sampling;
-      ao.stop_ids = go.stop_ids;
-      ao.kv = go.kv;
-      auto res = exec::GenerateAdaptive(*rt->model, *ids, plan, ao);
+      auto res = exec::GenerateAdaptive(*rt->model, *ids, plan, exec::ToAdaptiveOptions(go));
       if (!res.ok()) {
         exit_code = Fail(res.status());
         return;

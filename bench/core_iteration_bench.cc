@@ -114,9 +114,9 @@ int main(int argc, char** argv) {
         fractions.push_back(static_cast<double>(bytes) / bw / t);
       }
       const double med_bw = Median(bws);
-      std::printf("%-6s %6lld %12.1f %10.1f %12.2f %12.2f %9.1f%%\n", dt.c_str(),
-                  (long long)batch, bytes / 1e6, med_bw / 1e9, bytes / med_bw * 1e3,
-                  Median(times) * 1e3, 100.0 * Median(fractions));
+      std::printf("%-6s %6lld %12.1f %10.1f %12.2f %12.2f %9.1f%%\n", dt.c_str(), (long long)batch,
+                  bytes / 1e6, med_bw / 1e9, bytes / med_bw * 1e3, Median(times) * 1e3,
+                  100.0 * Median(fractions));
       std::fflush(stdout);
     }
   }

@@ -7,8 +7,7 @@
 
 namespace ponder::exec {
 double MonotonicSeconds() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 Result<AdaptiveResult> GenerateAdaptive(cpu::CpuModel& model, std::span<const int32_t> prompt,

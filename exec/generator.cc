@@ -2,9 +2,18 @@
 
 #include <algorithm>
 
-#include "exec/adaptive.h"
-
 namespace ponder::exec {
+
+AdaptiveOptions ToAdaptiveOptions(const GenerateOptions& options) {
+  AdaptiveOptions ao;
+  ao.max_tokens = options.max_tokens;
+  ao.seed = options.seed;
+  ao.init_scale = options.init_scale;
+  ao.sampling = options.sampling;
+  ao.stop_ids = options.stop_ids;
+  ao.kv = options.kv;
+  return ao;
+}
 
 Result<GenerateResult> Generate(cpu::CpuModel& model, std::span<const int32_t> prompt,
                                 const GenerateOptions& options,
@@ -15,15 +24,9 @@ Result<GenerateResult> Generate(cpu::CpuModel& model, std::span<const int32_t> p
   policy::DepthPlan plan;
   plan.min_steps = plan.max_steps = plan.class_max_steps = static_cast<int>(options.steps);
   plan.rule = policy::ExitRule::kNone;
-  AdaptiveOptions ao;
-  ao.max_tokens = options.max_tokens;
-  ao.seed = options.seed;
-  ao.init_scale = options.init_scale;
-  ao.sampling = options.sampling;
-  ao.stop_ids = options.stop_ids;
-  ao.kv = options.kv;
-  PONDER_ASSIGN_OR_RETURN(AdaptiveResult r,
-                          GenerateAdaptive(model, prompt, plan, ao, nullptr, on_token));
+  PONDER_ASSIGN_OR_RETURN(
+      AdaptiveResult r,
+      GenerateAdaptive(model, prompt, plan, ToAdaptiveOptions(options), nullptr, on_token));
   GenerateResult result;
   for (const TokenTrace& t : r.tokens) result.tokens.push_back(t.token);
   result.finish_reason = r.finish_reason;

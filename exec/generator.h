@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/status.h"
+#include "exec/adaptive.h"
 #include "exec/cpu/cpu_model.h"
 #include "exec/kv_cache.h"
 #include "exec/sampling.h"
@@ -30,6 +31,9 @@ struct GenerateResult {
   double decode_seconds = 0.0;  // all tokens after the first
   uint64_t kv_bytes = 0;        // cache size at the end
 };
+
+// The sampling, seed, stop and cache options of `options` for the adaptive loop.
+AdaptiveOptions ToAdaptiveOptions(const GenerateOptions& options);
 
 // Fixed-depth generation of one sequence: prefill the prompt at `steps` iterations,
 // then one token at a time. `on_token` (may be empty) sees each new id as it is chosen.
