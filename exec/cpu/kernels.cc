@@ -60,6 +60,18 @@ constexpr int64_t kGemmTileElements = 128 * 1024;
 template <DType DT>
 using WElem = std::conditional_t<DT == DType::kF32, float, uint16_t>;
 
+// One weight element converted to f32.
+template <DType DT>
+float ScalarLoad(const WElem<DT>* p) {
+  if constexpr (DT == DType::kF32) {
+    return *p;
+  } else if constexpr (DT == DType::kBF16) {
+    return Bf16ToF32(*p);
+  } else {
+    return F16ToF32(*p);
+  }
+}
+
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 
 struct Simd {
@@ -196,13 +208,7 @@ struct Simd {
 
   template <DType DT>
   static V Load(const WElem<DT>* p) {
-    if constexpr (DT == DType::kF32) {
-      return *p;
-    } else if constexpr (DT == DType::kBF16) {
-      return Bf16ToF32(*p);
-    } else {
-      return F16ToF32(*p);
-    }
+    return ScalarLoad<DT>(p);
   }
   // With one lane there is never a partial vector (rem is always 0).
   template <DType DT>
@@ -216,17 +222,6 @@ struct Simd {
 
 using V = Simd::V;
 constexpr int64_t kW = Simd::kWidth;
-
-template <DType DT>
-float ScalarLoad(const WElem<DT>* p) {
-  if constexpr (DT == DType::kF32) {
-    return *p;
-  } else if constexpr (DT == DType::kBF16) {
-    return Bf16ToF32(*p);
-  } else {
-    return F16ToF32(*p);
-  }
-}
 
 // Widens src[0, count) to f32.
 template <DType DT>
