@@ -33,13 +33,21 @@ struct TokenTrace {
   int32_t token = 0;
   int64_t steps = 0;  // core iterations spent on it
   policy::ExitReason reason = policy::ExitReason::kNone;
+  // The exit checks it ran (a gated logit check counts a latent check, plus a logit check
+  // when the gate opened), and whether its output logits came from its last check's coda +
+  // head pass (otherwise one more such pass produced them).
+  int32_t latent_checks = 0;
+  int32_t logit_checks = 0;
+  bool logits_from_check = false;
 };
 
 struct AdaptiveResult {
   std::vector<TokenTrace> tokens;
   int64_t prompt_steps = 0;  // iterations of the prefill (all prompt rows together)
   policy::CheckCounts checks;
-  std::string finish_reason;  // "stop" or "length"
+  // "stop" (a stop id), "length" (max_tokens or the context) or "deadline" (a token exited
+  // on the plan's deadline: the sequence ends with what it has).
+  std::string finish_reason;
   uint64_t kv_bytes = 0;
   double prefill_seconds = 0.0;  // the first token (prompt rows)
   double decode_seconds = 0.0;   // all tokens after the first

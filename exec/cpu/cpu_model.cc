@@ -5,6 +5,8 @@
 #include <cmath>
 #include <cstring>
 
+#include "exec/cpu/madd_counter.h"
+
 namespace ponder::exec::cpu {
 namespace {
 
@@ -171,7 +173,7 @@ void CpuModel::CoreStep(std::span<const Chunk> chunks, std::span<const int64_t> 
     std::memcpy(&cat_[r * 2 * d_], s + r * d_, d_ * sizeof(float));
     std::memcpy(&cat_[r * 2 * d_ + d_], e + r * d_, d_ * sizeof(float));
   }
-  Linear(cat_.data(), n, 2 * d_, weights_.adapter, s, d_, pool_);
+  Lin(cat_.data(), n, 2 * d_, weights_.adapter, s, d_);
   slot_ptrs_.resize(chunks.size());
   core_iterations_ = iterations.data();
   for (int64_t l = 0; l < config_.n_layers_in_recurrent_block; ++l) {
@@ -185,6 +187,15 @@ void CpuModel::CoreStep(std::span<const Chunk> chunks, std::span<const int64_t> 
   core_iterations_ = nullptr;
   for (size_t b = 0; b < chunks.size(); ++b) {
     chunks[b].cache->SetDepth(chunks[b].pos, chunks[b].count, iterations[b]);
+  }
+}
+
+void CpuModel::Lin(const float* x, int64_t n, int64_t ldx, const TensorView& w, float* y,
+                   int64_t ldy) {
+  if (batch_invariant_) {
+    LinearRowInvariant(x, n, ldx, w, y, ldy, pool_);
+  } else {
+    Linear(x, n, ldx, w, y, ldy, pool_);
   }
 }
 
@@ -214,7 +225,7 @@ void CpuModel::Coda(std::span<const Chunk> chunks, const float* s, bool last_onl
   const int64_t rows = last_only ? static_cast<int64_t>(chunks.size()) : n;
   RmsNorm(x.data(), rows, d_, weights_.ln_f, config_.norm_eps, x.data());
   const int64_t vocab = weights_.lm_head.shape[0];
-  Linear(x.data(), rows, d_, weights_.lm_head, logits, vocab, pool_);
+  Lin(x.data(), rows, d_, weights_.lm_head, logits, vocab);
 }
 
 void CpuModel::Block(std::span<const Chunk> chunks, const model::BlockWeights& w,
@@ -227,20 +238,20 @@ void CpuModel::Block(std::span<const Chunk> chunks, const model::BlockWeights& w
   Grow(ffn_buf_, n * 2 * ffn_);
   // x = norm_2(x + attn(norm_1(x)))
   RmsNorm(x, n, d_, w.norm_1, config_.norm_eps, h_.data());
-  Linear(h_.data(), n, d_, w.wqkv, qkv_.data(), 3 * d_, pool_);
+  Lin(h_.data(), n, d_, w.wqkv, qkv_.data(), 3 * d_);
   Attention(chunks, slots, w, qkv_.data(), attn_.data());
-  Linear(attn_.data(), n, d_, w.attn_proj, tmp_.data(), d_, pool_);
+  Lin(attn_.data(), n, d_, w.attn_proj, tmp_.data(), d_);
   AddInPlace(x, tmp_.data(), n * d_);
   RmsNorm(x, n, d_, w.norm_2, config_.norm_eps, x);
   // x = norm_4(x + mlp(norm_3(x))), mlp = proj(silu(gate) * up)
   RmsNorm(x, n, d_, w.norm_3, config_.norm_eps, h_.data());
-  Linear(h_.data(), n, d_, w.mlp_fc, ffn_buf_.data(), 2 * ffn_, pool_);
+  Lin(h_.data(), n, d_, w.mlp_fc, ffn_buf_.data(), 2 * ffn_);
   for (int64_t r = 0; r < n; ++r) {
     float* g = &ffn_buf_[r * 2 * ffn_];
     const float* u = g + ffn_;
     for (int64_t j = 0; j < ffn_; ++j) g[j] = g[j] / (1.0f + std::exp(-g[j])) * u[j];
   }
-  Linear(ffn_buf_.data(), n, 2 * ffn_, w.mlp_proj, tmp_.data(), d_, pool_);
+  Lin(ffn_buf_.data(), n, 2 * ffn_, w.mlp_proj, tmp_.data(), d_);
   AddInPlace(x, tmp_.data(), n * d_);
   RmsNorm(x, n, d_, w.norm_4, config_.norm_eps, x);
 }
@@ -339,6 +350,7 @@ void CpuModel::Attention(std::span<const Chunk> chunks, std::span<KvSlot* const>
       if (c.count == 1) {  // decode: one query, plain vector loops (no GEMV overhead)
         AttendOne(q.data(), keys[b] + h * head_dim_, values[b] + h * head_dim_, d_, head_dim_, ctx,
                   scale, scores, out + offsets[b] * d_ + h * head_dim_);
+        if (MaddCounterEnabled()) CountAttentionMadds(2 * ctx * head_dim_);
         continue;
       }
       probs.resize(c.count, ctx);
@@ -361,6 +373,9 @@ void CpuModel::Attention(std::span<const Chunk> chunks, std::span<KvSlot* const>
       Strided o(out + offsets[b] * d_ + h * head_dim_, c.count, head_dim_,
                 Eigen::OuterStride<>(d_));
       o.noalias() = probs * v;
+      if (MaddCounterEnabled()) {  // the causal part: row t sees pos + t + 1 keys
+        CountAttentionMadds(2 * (c.count * c.pos + c.count * (c.count + 1) / 2) * head_dim_);
+      }
     }
   };
   if (pool_ != nullptr) {

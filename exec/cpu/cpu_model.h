@@ -65,10 +65,17 @@ class CpuModel {
                                                    double init_scale,
                                                    std::vector<float>* final_state = nullptr);
 
+  // Batch invariance (default on): every row's arithmetic is the same whatever else shares
+  // the call, so batched serving gives exactly the batch-1 tokens and exit steps. Off,
+  // batches above 64 rows take the faster GEMM path (prefill of long prompts, big batches).
+  void set_batch_invariant(bool on) { batch_invariant_ = on; }
+  bool batch_invariant() const { return batch_invariant_; }
+
   // A fresh cache for one sequence.
   std::unique_ptr<SequenceCache> NewCache(KvStrategy strategy = {}) const;
 
  private:
+  void Lin(const float* x, int64_t n, int64_t ldx, const TensorView& w, float* y, int64_t ldy);
   void Block(std::span<const Chunk> chunks, const model::BlockWeights& w,
              std::span<KvSlot* const> slots, float* x);
   void Attention(std::span<const Chunk> chunks, std::span<KvSlot* const> slots,
@@ -77,6 +84,7 @@ class CpuModel {
   const model::Config& config_;
   const model::Weights& weights_;
   ThreadPool* pool_;
+  bool batch_invariant_ = true;
   int64_t d_, heads_, head_dim_, ffn_;
   std::vector<float> rope_cos_, rope_sin_;  // [block_size, head_dim / 2]
   // Set while CoreStep runs a core layer: attention then resolves past tokens that ran

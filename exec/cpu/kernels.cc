@@ -17,6 +17,8 @@
 
 #include "exec/cpu/kernels.h"
 
+#include "exec/cpu/madd_counter.h"
+
 // GCC 12's AVX-512 intrinsic headers initialise their "undefined" operands from themselves,
 // which -Wmaybe-uninitialized reports at every inlined use (here and inside Eigen). The
 // values are never read; silence that one false positive for this file.
@@ -88,7 +90,16 @@ struct Simd {
   static V Fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   static V Mul(V a, V b) { return _mm512_mul_ps(a, b); }
   static V Set1(float f) { return _mm512_set1_ps(f); }
-  static float Sum(V v) { return _mm512_reduce_add_ps(v); }
+  // The horizontal sum in the order Sum4 uses, ((h0+h1)+(h2+h3))+((h4+h5)+(h6+h7)) with
+  // h_i = v_i + v_(i+8), so that a dot product's bits do not depend on which of the two
+  // reduced it (the streaming kernel picks by batch size; batch invariance needs equal bits).
+  static float Sum(V v) {
+    const __m256 h =
+        _mm256_add_ps(_mm512_castps512_ps256(v),
+                      _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(h, h), _mm256_hadd_ps(h, h));
+    return _mm_cvtss_f32(_mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1)));
+  }
   // out[i] = Sum(v[i]) for i < 4, sharing the shuffles of the four reductions.
   static void Sum4(const V* v, float* out) {
     __m256 h[4];
@@ -144,11 +155,11 @@ struct Simd {
   static V Fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   static V Mul(V a, V b) { return _mm256_mul_ps(a, b); }
   static V Set1(float f) { return _mm256_set1_ps(f); }
+  // The horizontal sum in the order Sum4 uses, ((v0+v1)+(v2+v3))+((v4+v5)+(v6+v7)): a
+  // dot product's bits must not depend on which of the two reduced it (batch invariance).
   static float Sum(V v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
+    const __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(v, v), _mm256_hadd_ps(v, v));
+    return _mm_cvtss_f32(_mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1)));
   }
   // out[i] = Sum(v[i]) for i < 4, sharing the shuffles of the four reductions.
   static void Sum4(const V* v, float* out) {
@@ -455,6 +466,7 @@ void LinearRows(const float* x, int64_t n, int64_t ldx, const TensorView& w, int
   assert(0 <= row_begin && row_begin <= row_end && row_end <= w.shape[0]);
   assert(ldx >= w.shape[1] && ldy >= row_end - row_begin);
   if (n <= 0 || row_end <= row_begin) return;
+  if (MaddCounterEnabled()) CountLinearMadds(n * (row_end - row_begin) * w.shape[1]);
   if (w.shape[1] == 0) {
     for (int64_t j = 0; j < n; ++j) {
       std::fill(y + j * ldy, y + j * ldy + (row_end - row_begin), 0.0f);
@@ -469,6 +481,14 @@ void Linear(const float* x, int64_t n, int64_t ldx, const TensorView& w, float* 
             ThreadPool* pool) {
   assert(w.shape.size() == 2);
   LinearRows(x, n, ldx, w, 0, w.shape[0], y, ldy, pool);
+}
+
+void LinearRowInvariant(const float* x, int64_t n, int64_t ldx, const TensorView& w, float* y,
+                        int64_t ldy, ThreadPool* pool) {
+  static_assert(kBatchInvariantRows <= kMaxStreamingBatch);
+  for (int64_t j = 0; j < n; j += kBatchInvariantRows) {
+    Linear(x + j * ldx, std::min(kBatchInvariantRows, n - j), ldx, w, y + j * ldy, ldy, pool);
+  }
 }
 
 void LinearReference(const float* x, int64_t n, int64_t ldx, const TensorView& w, float* y,

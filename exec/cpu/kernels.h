@@ -60,6 +60,14 @@ void Linear(const float* x, int64_t n, int64_t ldx, const TensorView& w, float* 
 void LinearRows(const float* x, int64_t n, int64_t ldx, const TensorView& w, int64_t row_begin,
                 int64_t row_end, float* y, int64_t ldy, ThreadPool* pool);
 
+// Same as Linear, but each row of y gets the same arithmetic whatever n: batches above the
+// streaming kernel's size are cut into slices of at most kBatchInvariantRows rows (the
+// weights are streamed once per slice). A row's result then never depends on how many
+// neighbours share its call, which batched serving needs for batch-1-equal outputs.
+inline constexpr int64_t kBatchInvariantRows = 64;
+void LinearRowInvariant(const float* x, int64_t n, int64_t ldx, const TensorView& w, float* y,
+                        int64_t ldy, ThreadPool* pool);
+
 // Reference loops for the tests (single thread, double accumulation).
 void LinearReference(const float* x, int64_t n, int64_t ldx, const TensorView& w, float* y,
                      int64_t ldy);
