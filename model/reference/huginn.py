@@ -8,6 +8,7 @@ embedding -> prelude sandwich blocks -> r iterations of
 
 The module can run in float32 (default) or float64 (`model.double()`); RoPE angles are
 always computed in float32 like the original, then cast to the compute dtype.
+Per-token exits and the `compress-sN` KV strategy are in adaptive.py (generate_adaptive).
 """
 
 import json
