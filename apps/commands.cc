@@ -15,6 +15,7 @@
 #include "exec/generator.h"
 #include "model/checkpoint.h"
 #include "policy/profile.h"
+#include "scenarios/cost.h"
 #include "scenarios/replay.h"
 
 namespace ponder::apps {
@@ -357,7 +358,10 @@ void AddReplayCommand(CLI::App& app, int& exit_code) {
                   "(instead of --fixed-steps)");
   cmd->add_option("--max-tokens", a->max_tokens, "Answer tokens at most")
       ->check(CLI::Range(1, 4096));
-  cmd->add_option("--batch", a->batch, "Sequences decoded together")->check(CLI::Range(1, 4096));
+  cmd->add_option("--batch", a->batch,
+                  "Sequences decoded together at fixed depth (their latency is the batch's; "
+                  "--batch 1 for per-request latency)")
+      ->check(CLI::Range(1, 4096));
   cmd->add_option("--seed", a->seed, "Seed of the initial states");
   cmd->add_option("--init-scale", a->init_scale, "Scale of the random initial state (0: zero)");
   cmd->add_option("--kv", a->kv, "KV-cache strategy: full or compress-sN");
@@ -397,6 +401,7 @@ void AddReplayCommand(CLI::App& app, int& exit_code) {
     ro.seed = a->seed;
     ro.init_scale = a->init_scale;
     ro.kv = *kv;
+    ro.dims = scenarios::DimsOf(rt->ckpt->config, rt->ckpt->weights);
     auto report = scenarios::Replay(*rt->model, *rt->ckpt->tokenizer, *items, ro);
     if (!report.ok()) {
       exit_code = Fail(report.status());
@@ -406,21 +411,10 @@ void AddReplayCommand(CLI::App& app, int& exit_code) {
       std::cout << scenarios::ReportJson(*report, profile ? 0 : a->steps, a->items) << "\n";
       return;
     }
-    std::printf(
-        "%s (%s): accuracy %.3f over %lld requests, %.2f iterations per token\n",
-        a->workload.c_str(),
-        profile ? ("profile " + profile->name).c_str() : ("r=" + std::to_string(a->steps)).c_str(),
-        report->total.accuracy(), (long long)report->total.requests,
-        report->total.mean_steps_per_token());
-    for (const auto& [name, s] : report->classes) {
-      std::printf("  class  %-28s %.3f  (%lld)  steps/token mean %.2f p50 %.0f p95 %.0f\n",
-                  name.c_str(), s.accuracy(), (long long)s.requests, s.mean_steps_per_token(),
-                  s.StepsQuantile(0.5), s.StepsQuantile(0.95));
-    }
-    for (const auto& [name, s] : report->families) {
-      std::printf("  family %-28s %.3f  (%lld)\n", name.c_str(), s.accuracy(),
-                  (long long)s.requests);
-    }
+    const std::string title =
+        a->workload + " (" +
+        (profile ? "profile " + profile->name : "r=" + std::to_string(a->steps)) + ")";
+    std::fputs(scenarios::ReportText(*report, title).c_str(), stdout);
   });
 }
 
