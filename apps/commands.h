@@ -11,6 +11,7 @@ void AddGenerateCommand(CLI::App& app, int& exit_code);
 void AddLogitsCommand(CLI::App& app, int& exit_code);
 void AddReplayCommand(CLI::App& app, int& exit_code);
 void AddSweepCommand(CLI::App& app, int& exit_code);
+void AddCalibrateCommand(CLI::App& app, int& exit_code);
 void AddTokenizeCommand(CLI::App& app, int& exit_code);
 
 }  // namespace ponder::apps

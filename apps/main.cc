@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
   ponder::apps::AddLogitsCommand(app, exit_code);
   ponder::apps::AddReplayCommand(app, exit_code);
   ponder::apps::AddSweepCommand(app, exit_code);
+  ponder::apps::AddCalibrateCommand(app, exit_code);
   ponder::apps::AddTokenizeCommand(app, exit_code);
   try {
     app.parse(argc, argv);

@@ -12,6 +12,12 @@ Each line: {"id", "prompt", "expected", "family", "difficulty", "class"}.
   finance.jsonl    routine_transaction (lookup/copy), market_analysis (chain k 5-8),
                    risk_assessment (chain k 11-12)
 
+Calibration workloads (`ponder calibrate`, policy/README.md "Calibration"), drawn with a
+different seed and no prompt in common with any evaluation workload above (asserted), 300
+items per class, the same class mix:
+
+  calibration/education.jsonl, calibration/finance.jsonl, calibration/chat.jsonl
+
 Replay protocol (what the runtime does with a line): encode `prompt` with
 add_special_tokens=false, prepend <|begin_text|>, generate greedily until <|end_text|>
 (at most 16 new tokens); the text before <|end_text|> must equal `expected`.
@@ -29,12 +35,31 @@ sys.path.insert(0, os.path.join(HERE, "..", "..", "model", "reference"))
 import tasks  # noqa: E402
 
 SEED = 4242
+CALIBRATION_SEED = 9191  # calibration sets: another seed, and evaluation prompts excluded
+CALIBRATION_PER_CLASS = 300
+
+# (class, [(family, levels), ...]) of each domain workload, in the order they are drawn.
+EASY = [("copy", range(3, 9)), ("reverse", range(3, 9)), ("lookup", range(2, 7))]
+CLASSES = {
+    "chat": [("chat", EASY)],
+    "education": [
+        ("concept_explanation", [("copy", range(3, 9)), ("lookup", range(2, 7))]),
+        ("wrong_answer_analysis", [("chain", range(4, 7))]),
+        ("complex_problem_solving", [("chain", range(9, 13))]),
+    ],
+    "finance": [
+        ("routine_transaction", [("lookup", range(2, 7)), ("copy", range(3, 9))]),
+        ("market_analysis", [("chain", range(5, 9))]),
+        ("risk_assessment", [("chain", range(11, 13))]),
+    ],
+}
 
 
-def pool(family, levels, per_level):
+def pool(family, levels, per_level, seed=SEED, exclude=frozenset()):
     out = []
     for lvl in levels:
-        out.extend(tasks.test_set(family, lvl, per_level, seed=SEED))
+        out.extend(ex for ex in tasks.test_set(family, lvl, per_level, seed=seed)
+                   if ex["prompt"] not in exclude)
     return out
 
 
@@ -44,12 +69,14 @@ def pick(rng, examples, n):
     return examples[:n]
 
 
-def mixed(rng, parts, n):
-    """n examples drawn evenly from the (family, levels) parts."""
+def mixed(rng, parts, n, seed=SEED, exclude=frozenset()):
+    """n examples drawn evenly from the (family, levels) parts (prompts in `exclude` left out)."""
     out = []
     per = [n // len(parts) + (1 if i < n % len(parts) else 0) for i in range(len(parts))]
     for (fam, levels), m in zip(parts, per):
-        out.extend(pick(rng, pool(fam, levels, m), m))
+        examples = pool(fam, levels, m, seed, exclude)
+        assert len(examples) >= m, (fam, list(levels), len(examples), m)
+        out.extend(pick(rng, examples, m))
     return out
 
 
@@ -58,29 +85,14 @@ def line(ex, cls):
             "difficulty": ex["difficulty"], "class": cls}
 
 
-def build():
-    rng = random.Random(SEED)
-    easy = [("copy", range(3, 9)), ("reverse", range(3, 9)), ("lookup", range(2, 7))]
-    workloads = {}
+def domain(rng, name, per_class, seed=SEED, exclude=frozenset()):
+    """The rows of a domain workload: per_class examples of each of its classes."""
+    return [line(ex, cls) for cls, parts in CLASSES[name]
+            for ex in mixed(rng, parts, per_class, seed, exclude)]
 
-    workloads["chat"] = [line(ex, "chat") for ex in mixed(rng, easy, 150)]
 
-    math = []
-    for cls, ks in (("math_easy", range(1, 5)), ("math_medium", range(5, 9)), ("math_hard", range(9, 13))):
-        for k in ks:
-            math.extend(line(ex, cls) for ex in tasks.test_set("chain", k, 13, seed=SEED))
-    workloads["math"] = math
-
-    workloads["education"] = (
-        [line(ex, "concept_explanation") for ex in mixed(rng, [("copy", range(3, 9)), ("lookup", range(2, 7))], 50)]
-        + [line(ex, "wrong_answer_analysis") for ex in mixed(rng, [("chain", range(4, 7))], 50)]
-        + [line(ex, "complex_problem_solving") for ex in mixed(rng, [("chain", range(9, 13))], 50)])
-
-    workloads["finance"] = (
-        [line(ex, "routine_transaction") for ex in mixed(rng, [("lookup", range(2, 7)), ("copy", range(3, 9))], 50)]
-        + [line(ex, "market_analysis") for ex in mixed(rng, [("chain", range(5, 9))], 50)]
-        + [line(ex, "risk_assessment") for ex in mixed(rng, [("chain", range(11, 13))], 50)])
-
+def finish(workloads, rng, suffix=""):
+    """Shuffles each workload, checks its rows and numbers them ("<name><suffix>-0000")."""
     for name, rows in workloads.items():
         rng.shuffle(rows)
         seen = set()
@@ -89,20 +101,59 @@ def build():
             assert tasks.solve(row["family"], row["prompt"]) == row["expected"], row
             assert (row["family"], row["prompt"]) not in seen, row
             seen.add((row["family"], row["prompt"]))
-            rows[i] = {"id": f"{name}-{i:04d}", **row}
+            rows[i] = {"id": f"{name}{suffix}-{i:04d}", **row}
     return workloads
 
 
-def main():
-    for name, rows in build().items():
-        path = os.path.join(HERE, f"{name}.jsonl")
-        with open(path, "w") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
-        classes = {}
+def build():
+    rng = random.Random(SEED)
+    workloads = {}
+
+    workloads["chat"] = domain(rng, "chat", 150)
+
+    math = []
+    for cls, ks in (("math_easy", range(1, 5)), ("math_medium", range(5, 9)), ("math_hard", range(9, 13))):
+        for k in ks:
+            math.extend(line(ex, cls) for ex in tasks.test_set("chain", k, 13, seed=SEED))
+    workloads["math"] = math
+
+    workloads["education"] = domain(rng, "education", 50)
+    workloads["finance"] = domain(rng, "finance", 50)
+    return finish(workloads, rng)
+
+
+def build_calibration(evaluation):
+    """Calibration workloads: CALIBRATION_PER_CLASS items per class, another seed, and no
+    prompt of any evaluation workload (calibrating on evaluation data would void the
+    guarantee the evaluation is meant to check)."""
+    used = frozenset(row["prompt"] for rows in evaluation.values() for row in rows)
+    rng = random.Random(CALIBRATION_SEED)
+    workloads = {name: domain(rng, name, CALIBRATION_PER_CLASS, CALIBRATION_SEED, used)
+                 for name in ("education", "finance", "chat")}
+    finish(workloads, rng, "-cal")
+    for rows in workloads.values():
+        common = used.intersection(row["prompt"] for row in rows)
+        assert not common, sorted(common)[:5]
+    return workloads
+
+
+def write(path, rows):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
         for row in rows:
-            classes[row["class"]] = classes.get(row["class"], 0) + 1
-        print(f"{path}: {len(rows)} lines {classes}")
+            f.write(json.dumps(row) + "\n")
+    classes = {}
+    for row in rows:
+        classes[row["class"]] = classes.get(row["class"], 0) + 1
+    print(f"{path}: {len(rows)} lines {classes}")
+
+
+def main():
+    evaluation = build()
+    for name, rows in evaluation.items():
+        write(os.path.join(HERE, f"{name}.jsonl"), rows)
+    for name, rows in build_calibration(evaluation).items():
+        write(os.path.join(HERE, "calibration", f"{name}.jsonl"), rows)
 
 
 if __name__ == "__main__":
