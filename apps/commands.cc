@@ -11,11 +11,11 @@
 
 #include "apps/common.h"
 #include "exec/adaptive.h"
+#include "exec/cost.h"
 #include "exec/cpu/cpu_model.h"
 #include "exec/generator.h"
 #include "model/checkpoint.h"
 #include "policy/profile.h"
-#include "scenarios/cost.h"
 #include "scenarios/replay.h"
 
 namespace ponder::apps {
@@ -401,7 +401,7 @@ void AddReplayCommand(CLI::App& app, int& exit_code) {
     ro.seed = a->seed;
     ro.init_scale = a->init_scale;
     ro.kv = *kv;
-    ro.dims = scenarios::DimsOf(rt->ckpt->config, rt->ckpt->weights);
+    ro.dims = exec::DimsOf(rt->ckpt->config, rt->ckpt->weights);
     auto report = scenarios::Replay(*rt->model, *rt->ckpt->tokenizer, *items, ro);
     if (!report.ok()) {
       exit_code = Fail(report.status());

@@ -7,8 +7,8 @@
 #include <set>
 
 #include "exec/adaptive.h"
+#include "model/task_protocol.h"
 #include "policy/planner.h"
-#include "scenarios/protocol.h"
 
 namespace ponder::scenarios {
 namespace {
@@ -80,7 +80,7 @@ Result<CalibrationReport> Calibrate(exec::cpu::CpuModel& model, const model::Tok
                                     const CalibrateOptions& options) {
   PONDER_RETURN_IF_ERROR(policy::ValidateTarget(options.target).WithContext("calibrate"));
   if (options.max_tokens < 1) return InvalidArgument("calibrate: max_tokens must be >= 1");
-  PONDER_ASSIGN_OR_RETURN(TaskProtocol protocol, ProtocolOf(tokenizer, "calibrate"));
+  PONDER_ASSIGN_OR_RETURN(model::TaskProtocol protocol, model::ProtocolOf(tokenizer, "calibrate"));
   const std::set<std::string> wanted(options.classes.begin(), options.classes.end());
   for (const std::string& name : wanted) {
     if (profile.FindClass(name) == nullptr) {
@@ -102,7 +102,7 @@ Result<CalibrationReport> Calibrate(exec::cpu::CpuModel& model, const model::Tok
     const std::string where = "calibrate: line " + std::to_string(item.line);
     Routed r;
     r.index = i;
-    auto prompt = EncodeTaskPrompt(tokenizer, protocol, item.prompt);
+    auto prompt = model::EncodeTaskPrompt(tokenizer, protocol, item.prompt);
     if (!prompt.ok()) return prompt.status().WithContext(where);
     r.prompt = std::move(*prompt);
     policy::Request req;

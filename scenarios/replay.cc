@@ -8,10 +8,10 @@
 #include <set>
 
 #include "exec/adaptive.h"
+#include "exec/cost.h"
 #include "exec/generator.h"
+#include "model/task_protocol.h"
 #include "policy/planner.h"
-#include "scenarios/cost.h"
-#include "scenarios/protocol.h"
 
 namespace ponder::scenarios {
 namespace {
@@ -103,7 +103,8 @@ Result<exec::AdaptiveResult> RunPlanned(exec::cpu::CpuModel& model,
 
 Result<ReplayReport> Replay(exec::cpu::CpuModel& model, const model::Tokenizer& tokenizer,
                             const std::vector<WorkloadItem>& items, const ReplayOptions& options) {
-  PONDER_ASSIGN_OR_RETURN(const TaskProtocol protocol, ProtocolOf(tokenizer, "replay"));
+  PONDER_ASSIGN_OR_RETURN(const model::TaskProtocol protocol,
+                          model::ProtocolOf(tokenizer, "replay"));
   const int32_t eos = protocol.eos;
   exec::GenerateOptions go;
   go.steps = options.steps;
@@ -114,7 +115,7 @@ Result<ReplayReport> Replay(exec::cpu::CpuModel& model, const model::Tokenizer& 
   go.stop_ids = {eos};
   PONDER_ASSIGN_OR_RETURN(
       const telemetry::CostModel cost_model,
-      telemetry::CostModel::Create(options.dims ? *options.dims : DimsOf(model.config())));
+      telemetry::CostModel::Create(options.dims ? *options.dims : exec::DimsOf(model.config())));
   ReplayReport report;
   if (options.profile != nullptr) {
     report.pricing = options.profile->pricing;
@@ -125,7 +126,7 @@ Result<ReplayReport> Replay(exec::cpu::CpuModel& model, const model::Tokenizer& 
     const size_t end = std::min(items.size(), start + batch);
     std::vector<std::vector<int32_t>> prompts;
     for (size_t i = start; i < end; ++i) {
-      auto ids = EncodeTaskPrompt(tokenizer, protocol, items[i].prompt);
+      auto ids = model::EncodeTaskPrompt(tokenizer, protocol, items[i].prompt);
       if (!ids.ok()) {
         return ids.status().WithContext("replay: line " + std::to_string(items[i].line));
       }
@@ -148,7 +149,7 @@ Result<ReplayReport> Replay(exec::cpu::CpuModel& model, const model::Tokenizer& 
           steps[k].push_back(static_cast<int32_t>(t.steps));
           reasons[k].emplace_back(policy::ExitReasonName(t.reason));
         }
-        const auto passes = PassesOf(r, static_cast<int64_t>(prompts[k].size()));
+        const auto passes = exec::PassesOf(r, static_cast<int64_t>(prompts[k].size()));
         usage[k].cost = cost_model.Request(passes);
         for (const auto& p : passes) {
           usage[k].logit_checks += p.logit_checks;

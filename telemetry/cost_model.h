@@ -2,7 +2,7 @@
 
 // Analytic cost of the Huginn forward pass (reference/huginn.md §3): FLOPs and bytes read
 // per phase, per pass and per request. It depends on core only, so it takes the model's
-// dimensions as a plain struct (scenarios/cost.h fills one from model::Config and
+// dimensions as a plain struct (exec/cost.h fills one from model::Config and
 // model::Weights). See telemetry/README.md for the formulas with a worked example.
 //
 // Conventions

@@ -13,7 +13,7 @@
 #include "exec/cpu/madd_counter.h"
 #include "model/checkpoint.h"
 #include "policy/profile.h"
-#include "scenarios/cost.h"
+#include "exec/cost.h"
 #include "scenarios/replay.h"
 #include "telemetry/cost_model.h"
 
@@ -70,7 +70,7 @@ TEST_F(ReplayUsageTest, FixedDepthFlopsAreTheCostModelsSum) {
   auto report = Replay(*model_, *ckpt_->tokenizer, items, ro);
   ASSERT_TRUE(report.ok()) << report.status().ToString();
   const double measured = 2.0 * static_cast<double>(counter.Read().total());
-  const telemetry::CostModel cm(DimsOf(ckpt_->config));
+  const telemetry::CostModel cm(exec::DimsOf(ckpt_->config));
   double expected = 0, prefill = 0;
   for (size_t i = 0; i < items.size(); ++i) {
     const int64_t t = report->items[i].tokens;

@@ -19,7 +19,7 @@
 #include "exec/generator.h"
 #include "model/checkpoint.h"
 #include "policy/plan.h"
-#include "scenarios/cost.h"
+#include "exec/cost.h"
 
 namespace ponder::telemetry {
 namespace {
@@ -151,7 +151,7 @@ class ForwardCountTest : public ::testing::TestWithParam<ModelCase> {
     ckpt_ = std::move(*ckpt);
     pool_ = std::make_unique<exec::cpu::ThreadPool>(2);
     model_ = std::make_unique<exec::cpu::CpuModel>(ckpt_->config, ckpt_->weights, pool_.get());
-    cm_ = std::make_unique<CostModel>(scenarios::DimsOf(ckpt_->config, ckpt_->weights));
+    cm_ = std::make_unique<CostModel>(exec::DimsOf(ckpt_->config, ckpt_->weights));
   }
   std::vector<int32_t> Tokens(int64_t n) const {
     std::vector<int32_t> t(n);
@@ -262,7 +262,7 @@ TEST_P(ForwardCountTest, RequestsMatchTheForwardPasses) {
     auto res = exec::GenerateAdaptive(*model_, prompt, plan, ao);
     ASSERT_TRUE(res.ok()) << res.status().ToString();
     const double measured = 2.0 * static_cast<double>(counter.Read().total());
-    const auto passes = scenarios::PassesOf(*res, n);
+    const auto passes = exec::PassesOf(*res, n);
     ASSERT_EQ(passes.size(), res->tokens.size());
     const RequestCost rc = cm_->Request(passes);
     int64_t logit = 0, latent = 0;
@@ -299,7 +299,7 @@ TEST_P(ForwardCountTest, GatedChecksMatchTheForwardPasses) {
     auto res = exec::GenerateAdaptive(*model_, prompt, plan, ao);
     ASSERT_TRUE(res.ok()) << res.status().ToString();
     const double measured = 2.0 * static_cast<double>(counter.Read().total());
-    const auto passes = scenarios::PassesOf(*res, n);
+    const auto passes = exec::PassesOf(*res, n);
     const RequestCost rc = cm_->Request(passes);
     int64_t logit = 0, latent = 0;
     for (const auto& p : passes) {

@@ -1,8 +1,8 @@
-#include "scenarios/protocol.h"
+#include "model/task_protocol.h"
 
-namespace ponder::scenarios {
+namespace ponder::model {
 
-Result<TaskProtocol> ProtocolOf(const model::Tokenizer& tokenizer, const std::string& who) {
+Result<TaskProtocol> ProtocolOf(const Tokenizer& tokenizer, const std::string& who) {
   TaskProtocol p;
   p.bos = tokenizer.TokenToId("<|begin_text|>");
   p.eos = tokenizer.TokenToId("<|end_text|>");
@@ -10,7 +10,7 @@ Result<TaskProtocol> ProtocolOf(const model::Tokenizer& tokenizer, const std::st
   return p;
 }
 
-Result<std::vector<int32_t>> EncodeTaskPrompt(const model::Tokenizer& tokenizer,
+Result<std::vector<int32_t>> EncodeTaskPrompt(const Tokenizer& tokenizer,
                                               const TaskProtocol& protocol,
                                               const std::string& prompt) {
   PONDER_ASSIGN_OR_RETURN(std::vector<int32_t> ids, tokenizer.Encode(prompt, false));
@@ -18,4 +18,4 @@ Result<std::vector<int32_t>> EncodeTaskPrompt(const model::Tokenizer& tokenizer,
   return ids;
 }
 
-}  // namespace ponder::scenarios
+}  // namespace ponder::model

@@ -1,10 +1,10 @@
-#include "scenarios/cost.h"
+#include "exec/cost.h"
 
 #include <algorithm>
 
 #include "core/dtype.h"
 
-namespace ponder::scenarios {
+namespace ponder::exec {
 
 telemetry::ModelDims DimsOf(const model::Config& config) {
   telemetry::ModelDims d;
@@ -47,4 +47,4 @@ std::vector<telemetry::PassWork> PassesOf(const exec::AdaptiveResult& result, in
   return passes;
 }
 
-}  // namespace ponder::scenarios
+}  // namespace ponder::exec

@@ -11,7 +11,7 @@
 #include "core/status.h"
 #include "model/tokenizer.h"
 
-namespace ponder::scenarios {
+namespace ponder::model {
 
 struct TaskProtocol {
   int32_t bos = -1;  // <|begin_text|>; -1 when the tokenizer has none (nothing prepended)
@@ -20,12 +20,11 @@ struct TaskProtocol {
 
 // The protocol's token ids; kInvalidArgument when the tokenizer has no <|end_text|>.
 // `who` prefixes the message ("replay", "calibrate").
-[[nodiscard]] Result<TaskProtocol> ProtocolOf(const model::Tokenizer& tokenizer,
-                                              const std::string& who);
+[[nodiscard]] Result<TaskProtocol> ProtocolOf(const Tokenizer& tokenizer, const std::string& who);
 
 // <|begin_text|> + the prompt encoded with add_special_tokens=false.
-[[nodiscard]] Result<std::vector<int32_t>> EncodeTaskPrompt(const model::Tokenizer& tokenizer,
+[[nodiscard]] Result<std::vector<int32_t>> EncodeTaskPrompt(const Tokenizer& tokenizer,
                                                             const TaskProtocol& protocol,
                                                             const std::string& prompt);
 
-}  // namespace ponder::scenarios
+}  // namespace ponder::model

@@ -12,7 +12,7 @@
 #include "model/weights.h"
 #include "telemetry/cost_model.h"
 
-namespace ponder::scenarios {
+namespace ponder::exec {
 
 // The cost model's dimensions of `config`. Weight bytes per parameter: 4 (f32) unless the
 // weights are given (their adapter's dtype); the CPU runtime caches keys and values in f32.
@@ -23,4 +23,4 @@ telemetry::ModelDims DimsOf(const model::Config& config, const model::Weights& w
 // `prompt_rows` rows), with each token's own check counts as the runtime reports them.
 std::vector<telemetry::PassWork> PassesOf(const exec::AdaptiveResult& result, int64_t prompt_rows);
 
-}  // namespace ponder::scenarios
+}  // namespace ponder::exec
