@@ -346,11 +346,14 @@ void AddReplayCommand(CLI::App& app, int& exit_code) {
     uint64_t seed = 0;
     double init_scale = 1.0;
     int threads = 0;
-    bool as_json = false, items = false;
+    bool as_json = false, items = false, class_max = false;
   };
   auto a = std::make_shared<Args>();
   cmd->add_option("--model", a->dir, "Model directory")->required();
   cmd->add_option("--workload", a->workload, "Workload JSONL file")->required();
+  cmd->add_flag("--class-max", a->class_max,
+                "With --profile: run every class at its max_steps with no early exit (the "
+                "fixed-depth baseline of the profile)");
   cmd->add_option("--fixed-steps", a->steps, "Core iterations per token")
       ->check(CLI::Range(1, 4096));
   cmd->add_option("--profile", a->profile,
@@ -392,6 +395,15 @@ void AddReplayCommand(CLI::App& app, int& exit_code) {
         return;
       }
       profile = std::move(*loaded);
+      if (a->class_max) {
+        for (policy::TaskClass& c : profile->task_classes) {
+          c.exit = policy::ExitSpec{};  // rule none
+          c.min_steps = c.max_steps;
+        }
+      }
+    } else if (a->class_max) {
+      exit_code = Fail(InvalidArgument("replay: --class-max needs --profile"));
+      return;
     }
     scenarios::ReplayOptions ro;
     ro.profile = profile ? &*profile : nullptr;
@@ -413,7 +425,9 @@ void AddReplayCommand(CLI::App& app, int& exit_code) {
     }
     const std::string title =
         a->workload + " (" +
-        (profile ? "profile " + profile->name : "r=" + std::to_string(a->steps)) + ")";
+        (profile ? "profile " + profile->name + (a->class_max ? ", every class at its max" : "")
+                 : "r=" + std::to_string(a->steps)) +
+        ")";
     std::fputs(scenarios::ReportText(*report, title).c_str(), stdout);
   });
 }

@@ -97,7 +97,7 @@ CandidateTest TestCandidate(const CandidateCount& count, const CalibrationTarget
 
 inline constexpr int kGridPerDecade = 3;     // value rules: 3 values per decade ...
 inline constexpr int kGridDecadesBelow = 3;  // ... from default * 1e-3 ...
-inline constexpr int kGridDecadesAbove = 2;  // ... to default * 1e2: 16 values
+inline constexpr int kGridDecadesAbove = 3;  // ... to default * 1e3: 19 values
 inline constexpr int kMaxStabilityCount = 16;
 
 // The number of checks a token of this class can have: due steps s in
@@ -107,7 +107,7 @@ int ChecksPerToken(const TaskClass& task_class);
 
 // The candidate thresholds of `rule`, tightest first:
 //  - kl, minp-kl, entropy-diff, latent-diff, cosine (exit when signal < τ, so smaller is
-//    tighter): 16 values d·10^(k/3), k = -9..6, d = DefaultThreshold(rule), rounded to three
+//    tighter): 19 values d·10^(k/3), k = -9..9, d = DefaultThreshold(rule), rounded to three
 //    significant digits (e.g. kl: 1e-06, 2.15e-06, 4.64e-06, ..., 0.1);
 //  - argmax-stability (exit after τ stable checks, so larger is tighter): the counts
 //    K, K-1, ..., 1 with K = min(kMaxStabilityCount, checks_per_token - 1) (a streak of

@@ -140,9 +140,9 @@ TEST(GridTest, ValueRulesAreLogSpacedAroundTheDefault) {
                         ExitRule::kLatentDiff, ExitRule::kCosine}) {
     const std::vector<double> grid = CandidateThresholds(rule, 10);
     const double d = DefaultThreshold(rule);
-    ASSERT_EQ(grid.size(), 16u) << ExitRuleName(rule);
+    ASSERT_EQ(grid.size(), 19u) << ExitRuleName(rule);
     EXPECT_NEAR(grid.front(), d * 1e-3, d * 1e-3 * 1e-9);
-    EXPECT_NEAR(grid.back(), d * 1e2, d * 1e2 * 1e-9);
+    EXPECT_NEAR(grid.back(), d * 1e3, d * 1e3 * 1e-9);
     EXPECT_NEAR(grid[9], d, d * 1e-9);  // the default itself is on the grid
     for (size_t i = 1; i < grid.size(); ++i) {
       EXPECT_NEAR(grid[i] / grid[i - 1], std::pow(10.0, 1.0 / 3), 0.01);  // tightest first

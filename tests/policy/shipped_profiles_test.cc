@@ -51,15 +51,18 @@ TEST(ShippedProfilesTest, AllValidateAndNameThemselves) {
   }
 }
 
+// The maxima are the depth each class may spend (education ~8 / ~16 / up to 64; finance
+// 4-8 / 16-32 / 64+); the minima are floors under which convergence may not stop a token,
+// low enough for calibrated exits to save what the easy tokens do not need.
 TEST(ShippedProfilesTest, DepthRanges) {
   const DomainProfile education = MustLoad("education");
-  ExpectRange(education, "concept_explanation", 4, 8);
-  ExpectRange(education, "wrong_answer_analysis", 8, 16);
-  ExpectRange(education, "complex_problem_solving", 32, 64);
+  ExpectRange(education, "concept_explanation", 2, 8);
+  ExpectRange(education, "wrong_answer_analysis", 4, 16);
+  ExpectRange(education, "complex_problem_solving", 8, 64);
   const DomainProfile finance = MustLoad("finance");
-  ExpectRange(finance, "routine_transaction", 4, 8);
-  ExpectRange(finance, "market_analysis", 16, 32);
-  ExpectRange(finance, "risk_assessment", 64, 96);
+  ExpectRange(finance, "routine_transaction", 2, 8);
+  ExpectRange(finance, "market_analysis", 8, 32);
+  ExpectRange(finance, "risk_assessment", 16, 96);
   const DomainProfile chat = MustLoad("chat");
   ASSERT_EQ(chat.task_classes.size(), 1u);
   ExpectRange(chat, "chat", 8, 16);

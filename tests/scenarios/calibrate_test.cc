@@ -119,9 +119,11 @@ TEST_F(CalibrateTest, ChoosesACertifiedCandidate) {
     if (i + 1 < c.evaluated.size()) {
       EXPECT_TRUE(c.evaluated[i].test.rejected) << i;
     }
-    // Exits at min_steps 4 at the earliest, at max_steps 8 at the latest.
-    EXPECT_GE(c.evaluated[i].mean_steps_per_token(), 4.0);
-    EXPECT_LE(c.evaluated[i].mean_steps_per_token(), 8.0);
+    // Exits at the class's min_steps at the earliest, at its max_steps at the latest.
+    const policy::TaskClass* tc = profile.FindClass("concept_explanation");
+    ASSERT_NE(tc, nullptr);
+    EXPECT_GE(c.evaluated[i].mean_steps_per_token(), tc->min_steps);
+    EXPECT_LE(c.evaluated[i].mean_steps_per_token(), tc->max_steps);
   }
   if (c.calibrated()) {
     const CandidateResult& chosen = c.evaluated[c.chosen];
