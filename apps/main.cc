@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
   ponder::apps::AddSweepCommand(app, exit_code);
   ponder::apps::AddCalibrateCommand(app, exit_code);
   ponder::apps::AddTokenizeCommand(app, exit_code);
+  ponder::apps::AddServeCommand(app, exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -18,13 +18,6 @@
 namespace ponder::scenarios {
 namespace {
 
-std::string ReadText(const std::string& path) {
-  std::ifstream in(path);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 WorkloadItem Item(const std::string& prompt, const std::string& expected, const std::string& family,
                   const std::string& task_class, int line) {
   WorkloadItem it;
@@ -216,8 +209,33 @@ TEST(ProfileEditTest, FormatsThresholdsShortly) {
 }
 
 TEST(ProfileEditTest, ChangesOnlyTheThresholds) {
-  const std::string path = std::string(PONDER_SOURCE_DIR) + "/scenarios/profiles/education.json";
-  const std::string text = ReadText(path);
+  // The layout of the shipped profiles (several keys per line, nested exit objects).
+  const std::string path = "edu.json";
+  const std::string text = R"({
+  "name": "edu",
+  "pricing": {"per_device_second": 0.0007},
+  "default_class": "concept_explanation",
+  "task_classes": [
+    {
+      "name": "concept_explanation",
+      "min_steps": 2, "max_steps": 8,
+      "exit": {"rule": "kl", "threshold": 5e-4, "check_every": 1, "check_from": 2},
+      "sampling": {"temperature": 0.0, "top_p": 1.0, "max_tokens": 64}
+    },
+    {
+      "name": "wrong_answer_analysis",
+      "min_steps": 4, "max_steps": 16,
+      "exit": {"rule": "kl", "threshold": 5e-4, "check_every": 1, "check_from": 2,
+               "gate_latent_below": 0.1}
+    },
+    {
+      "name": "complex_problem_solving",
+      "min_steps": 8, "max_steps": 64,
+      "exit": {"rule": "argmax-stability", "threshold": 5, "check_every": 2, "check_from": 2}
+    }
+  ]
+}
+)";
   auto edited = SetExitThresholds(
       text, {{"concept_explanation", 0.00215}, {"complex_problem_solving", 7}}, path);
   ASSERT_TRUE(edited.ok()) << edited.status().ToString();
