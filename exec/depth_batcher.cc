@@ -13,6 +13,7 @@ struct DepthBatcher::Seq {
       : spec(std::move(s)), cache(std::move(c)), controller(spec.plan) {}
 
   SequenceSpec spec;
+  Id id = 0;
   std::unique_ptr<SequenceCache> cache;
   policy::ExitController controller;
   policy::SignalTracker tracker;
@@ -64,6 +65,7 @@ Result<DepthBatcher::Id> DepthBatcher::Add(SequenceSpec spec) {
   q->rng = q->spec.options.seed ^ 0x5851f42d4c957f2dull;
   q->input = q->spec.prompt;
   const Id id = next_id_++;
+  q->id = id;
   seqs_.emplace(id, std::move(q));
   order_.push_back(id);
   ++active_;
@@ -177,6 +179,7 @@ void DepthBatcher::EmitToken(Seq& q, const float* logits) {
   if (!q.result.finish_reason.empty()) {
     q.done = true;
     --active_;
+    finished_.push_back(q.id);
     q.result.checks = q.controller.total_counts();
     q.result.kv_bytes = q.cache->bytes();
     q.e.clear();
@@ -197,6 +200,12 @@ Status DepthBatcher::Tick() {
     if (q->done) continue;
     run.push_back(q);
     if (q->starting) starting.push_back(q);
+  }
+  // Lockstep: while any active sequence is inside a token, those about to start one wait.
+  if (lockstep_ && !starting.empty() && starting.size() < run.size()) {
+    run.erase(std::remove_if(run.begin(), run.end(), [](const Seq* q) { return q->starting; }),
+              run.end());
+    starting.clear();
   }
   last_tick_rows_ = 0;
   if (run.empty()) return Status::Ok();

@@ -85,6 +85,16 @@ class DepthBatcher {
   // Rows (sequences) that ran a core iteration in the last tick.
   int64_t last_tick_rows() const { return last_tick_rows_; }
 
+  // Lockstep batching, the baseline continuous depth batching is measured against (off by
+  // default): a sequence whose token exited (or that was just added) does not start its
+  // next token until every active sequence's current token has exited, so that the batch
+  // advances token by token at the pace of its deepest member. Waiting sequences run no
+  // iteration; their tokens, steps and exit reasons are those of normal mode (a wait
+  // changes only when a token starts, which no decision reads except through the clock:
+  // deadlines). Takes effect at the next Tick.
+  void set_lockstep(bool on) { lockstep_ = on; }
+  bool lockstep() const { return lockstep_; }
+
  private:
   struct Seq;
   [[nodiscard]] Status StartTokens(std::vector<Seq*>& starting);
@@ -98,6 +108,7 @@ class DepthBatcher {
   std::vector<Id> finished_;  // finishing order
   int64_t active_ = 0;
   int64_t last_tick_rows_ = 0;
+  bool lockstep_ = false;
   // Scratch of the batched calls.
   std::vector<float> e_, s_, logits_;
   std::vector<cpu::Chunk> chunks_;

@@ -287,5 +287,84 @@ TEST_F(DepthBatcherTest, BadInputIsAnErrorAndAddsNothing) {
   EXPECT_TRUE(batcher.Tick().ok());
 }
 
+// Lockstep batching (the baseline of bench/serving_bench): a batch advances token by token
+// at the pace of its deepest member. Every sequence still gets exactly its tokens, steps
+// and exit reasons; waiting sequences run no iteration, so the batch needs at least as
+// many ticks, and strictly more when depths differ.
+TEST_F(DepthBatcherTest, LockstepGivesTheSameTokensInAtLeastAsManyTicks) {
+  cpu::CpuModel model(ckpt_->config, ckpt_->weights, nullptr);
+  std::vector<SequenceSpec> specs;
+  for (size_t i = 0; i < Cases().size(); ++i) specs.push_back(Spec(Cases()[i], 7 + i));
+  struct Run {
+    std::vector<AdaptiveResult> results;
+    int64_t ticks = 0, rows = 0;  // ticks until all finished; rows iterated over them
+  };
+  auto run = [&](bool lockstep) {
+    Run out;
+    DepthBatcher batcher(model);
+    batcher.set_lockstep(lockstep);
+    EXPECT_EQ(batcher.lockstep(), lockstep);
+    std::vector<DepthBatcher::Id> ids;
+    for (const SequenceSpec& s : specs) {
+      auto id = batcher.Add(s);
+      EXPECT_TRUE(id.ok()) << id.status().ToString();
+      ids.push_back(*id);
+    }
+    while (batcher.active() > 0) {
+      EXPECT_TRUE(batcher.Tick().ok());
+      ++out.ticks;
+      out.rows += batcher.last_tick_rows();
+      if (out.ticks > 100000) break;
+    }
+    // FinishedIds lists every finished sequence once, in finishing order.
+    std::vector<DepthBatcher::Id> finished = batcher.FinishedIds();
+    EXPECT_EQ(finished.size(), ids.size());
+    std::sort(finished.begin(), finished.end());
+    EXPECT_EQ(finished, ids);
+    for (DepthBatcher::Id id : ids) {
+      auto r = batcher.TakeResult(id);
+      EXPECT_TRUE(r.ok()) << r.status().ToString();
+      out.results.push_back(r.ok() ? std::move(*r) : AdaptiveResult{});
+    }
+    EXPECT_TRUE(batcher.FinishedIds().empty());  // taken results leave the list
+    return out;
+  };
+  const Run normal = run(false), lockstep = run(true);
+  ASSERT_EQ(normal.results.size(), specs.size());
+  ASSERT_EQ(lockstep.results.size(), specs.size());
+  int64_t iterations = 0;
+  std::set<int64_t> depths;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    ExpectSame(normal.results[i], lockstep.results[i], "sequence " + std::to_string(i));
+    for (const auto& t : normal.results[i].tokens) {  // tokens[0] is the prompt's prefill
+      iterations += t.steps;
+      depths.insert(t.steps);
+    }
+  }
+  EXPECT_GE(depths.size(), 3u);  // tokens of different depths, or lockstep would cost nothing
+  // Both modes ran the same iterations (one row each): only their spread over ticks differs.
+  EXPECT_EQ(normal.rows, iterations);
+  EXPECT_EQ(lockstep.rows, iterations);
+  EXPECT_GT(lockstep.ticks, normal.ticks);
+  // Normal mode is as short as the longest sequence alone; lockstep is the sum over token
+  // positions of the deepest token at that position among the sequences still running.
+  int64_t longest = 0, lockstep_ticks = 0;
+  for (const auto& r : normal.results) {
+    int64_t n = 0;
+    for (const auto& t : r.tokens) n += t.steps;
+    longest = std::max(longest, n);
+  }
+  for (size_t t = 0;; ++t) {
+    int64_t deepest = 0;
+    for (const auto& r : normal.results) {
+      if (t < r.tokens.size()) deepest = std::max(deepest, r.tokens[t].steps);
+    }
+    if (deepest == 0) break;
+    lockstep_ticks += deepest;
+  }
+  EXPECT_EQ(normal.ticks, longest);
+  EXPECT_EQ(lockstep.ticks, lockstep_ticks);
+}
+
 }  // namespace
 }  // namespace ponder::exec
