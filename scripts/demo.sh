@@ -2,7 +2,7 @@
 # The demo: the bundled model ponder-micro answers the scenario workloads at several fixed
 # depths. Hard classes (multi-step arithmetic chains) gain accuracy with depth; easy ones
 # (copy, recall) are already right after a few iterations. Writes the chart to
-# build/demo-depth.svg.
+# build/demo-depth.svg, and shows what the finance profile's per-token exits save.
 set -euo pipefail
 BUILD=${1:-build}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -22,3 +22,12 @@ for r in 2 8 32; do
   "$PONDER" generate --model "$MODEL" --prompt '+7*3+4*9+2*7+6*3+1=' --steps "$r" --max-tokens 4 \
     2>/dev/null
 done
+echo
+echo "== the finance profile: per-token exits with calibrated thresholds (ponder replay --profile)"
+adaptive=$("$PONDER" replay --model "$MODEL" --profile "$ROOT/scenarios/profiles/finance.json" \
+  --workload "$W/finance.jsonl")
+echo "$adaptive" | sed -n 1,8p
+echo "== ... against every class at its maximum depth (--class-max)"
+fixed=$("$PONDER" replay --model "$MODEL" --profile "$ROOT/scenarios/profiles/finance.json" \
+  --workload "$W/finance.jsonl" --class-max)
+echo "$fixed" | sed -n 2p
