@@ -10,10 +10,10 @@
 #include <string>
 #include <vector>
 
+#include "exec/cost.h"
 #include "exec/cpu/madd_counter.h"
 #include "model/checkpoint.h"
 #include "policy/profile.h"
-#include "exec/cost.h"
 #include "scenarios/replay.h"
 #include "telemetry/cost_model.h"
 

@@ -14,12 +14,12 @@
 #include <vector>
 
 #include "exec/adaptive.h"
+#include "exec/cost.h"
 #include "exec/cpu/cpu_model.h"
 #include "exec/cpu/madd_counter.h"
 #include "exec/generator.h"
 #include "model/checkpoint.h"
 #include "policy/plan.h"
-#include "exec/cost.h"
 
 namespace ponder::telemetry {
 namespace {
