@@ -41,11 +41,9 @@ AdaptiveOptions ToAdaptiveOptions(const GenerateOptions& options);
                                               const GenerateOptions& options,
                                               const std::function<void(int32_t)>& on_token = {});
 
-// Fixed-depth generation of several sequences together: every round runs the prelude,
-// `steps` core iterations and the coda for all unfinished sequences in one batched call
-// (prompts in the first round, one token each afterwards). Sequence b draws its initial
-// states and samples exactly as Generate with seed options.seed + b, whatever its
-// neighbours (up to 64 rows per call the kernels' arithmetic per row is also the same).
+// Fixed-depth generation of several sequences together on a DepthBatcher: every tick runs
+// one core iteration for all unfinished sequences. Sequence b gets exactly what Generate
+// with seed options.seed + b gives, whatever its neighbours.
 [[nodiscard]] Result<std::vector<GenerateResult>> GenerateBatch(
     cpu::CpuModel& model, const std::vector<std::vector<int32_t>>& prompts,
     const GenerateOptions& options);
