@@ -23,18 +23,6 @@
 namespace ponder::exec {
 namespace {
 
-// Worst-case KV bytes of one sequence: every slot grown to twice the positions it holds
-// (SequenceCache grows geometrically), f32 keys and values.
-uint64_t KvReserveBytes(const model::Config& cfg, const KvStrategy& kv, int64_t max_steps,
-                        int64_t positions) {
-  const int64_t slots = cfg.n_layers_in_prelude + cfg.n_layers_in_coda +
-                        kv.CoreSlots(max_steps, cfg.n_layers_in_recurrent_block);
-  const int64_t rows = std::max<int64_t>(16, 2 * positions);
-  const int64_t width = cfg.n_heads * cfg.head_dim;
-  return static_cast<uint64_t>(slots) * static_cast<uint64_t>(rows) * static_cast<uint64_t>(width) *
-         2u * sizeof(float);
-}
-
 // The new text a token completes: decode everything generated so far and hand out the
 // part after what was already emitted, holding back an incomplete UTF-8 sequence.
 class TextStream {
@@ -299,7 +287,9 @@ Result<RequestHandle> Engine::Submit(const GenerationRequest& request,
   PONDER_ASSIGN_OR_RETURN(spec.options.kv, KvStrategy::Parse(plan.kv_strategy));
   const int64_t positions =
       std::min<int64_t>(cfg.block_size, static_cast<int64_t>(spec.prompt.size()) + max_tokens);
-  p->kv_reserve = KvReserveBytes(cfg, spec.options.kv, plan.max_steps, positions);
+  p->kv_reserve = MaxSequenceBytes(cfg.n_layers_in_prelude, cfg.n_layers_in_recurrent_block,
+                                   cfg.n_layers_in_coda, cfg.n_embd, spec.options.kv,
+                                   plan.max_steps, positions);
   if (p->kv_reserve > m.options.kv_budget_bytes) {
     return ResourceExhausted("kv: the request needs up to " + std::to_string(p->kv_reserve) +
                              " bytes of KV cache, more than the engine's budget of " +

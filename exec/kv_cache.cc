@@ -68,13 +68,26 @@ void SequenceCache::Truncate(int64_t n) {
   if (static_cast<int64_t>(depth_.size()) > n) depth_.resize(n);
 }
 
+namespace {
+constexpr int64_t kMinSlotRows = 16;  // a slot's first allocation, in positions
+}  // namespace
+
 void EnsureCapacity(KvSlot& slot, int64_t end, int64_t width) {
   const size_t need = static_cast<size_t>(end * width);
   if (slot.k.size() >= need) return;
   size_t cap = std::max<size_t>(need, slot.k.size() * 2);
-  cap = std::max<size_t>(cap, static_cast<size_t>(16 * width));
+  cap = std::max<size_t>(cap, static_cast<size_t>(kMinSlotRows * width));
   slot.k.resize(cap);
   slot.v.resize(cap);
+}
+
+uint64_t MaxSequenceBytes(int64_t n_prelude, int64_t n_core, int64_t n_coda, int64_t width,
+                          const KvStrategy& strategy, int64_t max_iterations, int64_t positions) {
+  const int64_t slots = n_prelude + n_coda + strategy.CoreSlots(max_iterations, n_core);
+  // Doubling never leaves a slot with more than twice the positions it holds.
+  const int64_t rows = std::max<int64_t>(kMinSlotRows, 2 * positions);
+  return static_cast<uint64_t>(slots) * static_cast<uint64_t>(rows) * static_cast<uint64_t>(width) *
+         2u * sizeof(float);
 }
 
 }  // namespace ponder::exec

@@ -77,4 +77,10 @@ class SequenceCache {
 // Makes room for positions [0, end) in a slot, growing geometrically.
 void EnsureCapacity(KvSlot& slot, int64_t end, int64_t width);
 
+// The most bytes a SequenceCache can hold for `positions` tokens run to at most
+// `max_iterations` (every slot grown by EnsureCapacity to its largest capacity for them):
+// what admission reserves for a request.
+uint64_t MaxSequenceBytes(int64_t n_prelude, int64_t n_core, int64_t n_coda, int64_t width,
+                          const KvStrategy& strategy, int64_t max_iterations, int64_t positions);
+
 }  // namespace ponder::exec
