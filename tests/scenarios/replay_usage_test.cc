@@ -16,6 +16,7 @@
 #include "policy/profile.h"
 #include "scenarios/replay.h"
 #include "telemetry/cost_model.h"
+#include "tests/scenarios/synthetic_items.h"
 
 namespace ponder::scenarios {
 namespace {
@@ -39,19 +40,7 @@ class ReplayUsageTest : public ::testing::Test {
     return static_cast<int64_t>(ids->size()) + 1;
   }
   std::vector<WorkloadItem> Items(const std::vector<std::string>& classes) const {
-    std::vector<WorkloadItem> items;
-    const char* prompts[] = {"+4*3=", "abc|", "The answer", "x"};
-    for (const auto& cls : classes) {
-      for (const char* p : prompts) {
-        WorkloadItem it;
-        it.prompt = p;
-        it.expected = "?";
-        it.family = "f";
-        it.task_class = cls;
-        items.push_back(it);
-      }
-    }
-    return items;
+    return testing::SyntheticItems(classes, {"+4*3=", "abc|", "The answer", "x"});
   }
   std::unique_ptr<model::Checkpoint> ckpt_;
   std::unique_ptr<exec::cpu::CpuModel> model_;

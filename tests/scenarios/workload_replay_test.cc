@@ -9,6 +9,7 @@
 #include "scenarios/replay.h"
 #include "scenarios/sweep.h"
 #include "scenarios/workload.h"
+#include "tests/scenarios/synthetic_items.h"
 
 namespace ponder::scenarios {
 namespace {
@@ -118,17 +119,8 @@ TEST_F(ReplayTest, ProfilePlansEachClassAndExitsPerToken) {
   auto profile =
       policy::LoadProfile(std::string(PONDER_SOURCE_DIR) + "/scenarios/profiles/education.json");
   ASSERT_TRUE(profile.ok()) << profile.status().ToString();
-  std::vector<WorkloadItem> items;
-  for (const char* cls : {"concept_explanation", "complex_problem_solving"}) {
-    for (const char* prompt : {"+4*3=", "abc|"}) {
-      WorkloadItem it;
-      it.prompt = prompt;
-      it.expected = "?";
-      it.family = "f";
-      it.task_class = cls;
-      items.push_back(it);
-    }
-  }
+  const std::vector<WorkloadItem> items = testing::SyntheticItems(
+      {"concept_explanation", "complex_problem_solving"}, {"+4*3=", "abc|"});
   ReplayOptions ro;
   ro.max_tokens = 3;
   ro.profile = &*profile;

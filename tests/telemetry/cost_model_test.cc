@@ -158,6 +158,31 @@ class ForwardCountTest : public ::testing::TestWithParam<ModelCase> {
     for (int64_t i = 0; i < n; ++i) t[i] = static_cast<int32_t>((7 * i + 3) % 200);
     return t;
   }
+  // Runs `plan` on an n-token prompt under the multiply-add counter and checks the cost
+  // model's passes against it: check counts equal the runtime's, FLOPs within `tol` of the
+  // counted ones (latent checks, which the kernels do not do, taken out).
+  void ExpectPassesMatchCount(const policy::DepthPlan& plan, int64_t n, double tol,
+                              const std::string& what) {
+    exec::AdaptiveOptions ao;
+    ao.max_tokens = 6;
+    exec::cpu::ScopedMaddCounter counter;
+    auto res = exec::GenerateAdaptive(*model_, Tokens(n), plan, ao);
+    ASSERT_TRUE(res.ok()) << res.status().ToString();
+    const double measured = 2.0 * static_cast<double>(counter.Read().total());
+    const auto passes = exec::PassesOf(*res, n);
+    ASSERT_EQ(passes.size(), res->tokens.size());
+    const RequestCost rc = cm_->Request(passes);
+    int64_t logit = 0, latent = 0;
+    for (const auto& p : passes) {
+      logit += p.logit_checks;
+      latent += p.latent_checks;
+    }
+    EXPECT_EQ(logit, res->checks.logit_checks) << what;
+    EXPECT_EQ(latent, res->checks.latent_checks) << what;
+    const double predicted = rc.total().flops - latent * cm_->LatentCheck().flops;
+    EXPECT_LT(std::abs(predicted - measured) / measured, tol)
+        << GetParam().name << " " << what << ": model " << predicted << " measured " << measured;
+  }
   std::unique_ptr<model::Checkpoint> ckpt_;
   std::unique_ptr<exec::cpu::ThreadPool> pool_;
   std::unique_ptr<exec::cpu::CpuModel> model_;
@@ -256,26 +281,7 @@ TEST_P(ForwardCountTest, RequestsMatchTheForwardPasses) {
     plan.threshold = rule == policy::ExitRule::kArgmaxStability ? 2 : 0.05;
     plan.check_every = 3;
     plan.check_from = 2;
-    exec::AdaptiveOptions ao;
-    ao.max_tokens = 6;
-    exec::cpu::ScopedMaddCounter counter;
-    auto res = exec::GenerateAdaptive(*model_, prompt, plan, ao);
-    ASSERT_TRUE(res.ok()) << res.status().ToString();
-    const double measured = 2.0 * static_cast<double>(counter.Read().total());
-    const auto passes = exec::PassesOf(*res, n);
-    ASSERT_EQ(passes.size(), res->tokens.size());
-    const RequestCost rc = cm_->Request(passes);
-    int64_t logit = 0, latent = 0;
-    for (const auto& p : passes) {
-      logit += p.logit_checks;
-      latent += p.latent_checks;
-    }
-    EXPECT_EQ(logit, res->checks.logit_checks);
-    EXPECT_EQ(latent, res->checks.latent_checks);
-    const double predicted = rc.total().flops - latent * cm_->LatentCheck().flops;
-    EXPECT_LT(RelErr(predicted, measured), kTol)
-        << GetParam().name << " rule " << policy::ExitRuleName(rule) << ": model " << predicted
-        << " measured " << measured;
+    ExpectPassesMatchCount(plan, n, kTol, "rule " + std::string(policy::ExitRuleName(rule)));
   }
 }
 
@@ -283,7 +289,6 @@ TEST_P(ForwardCountTest, RequestsMatchTheForwardPasses) {
 // (a prefill check costs a coda over every prompt row, a decode check over one).
 TEST_P(ForwardCountTest, GatedChecksMatchTheForwardPasses) {
   const int64_t n = 7;
-  const auto prompt = Tokens(n);
   for (double gate : {0.05, 0.3, 1.0, 10.0}) {
     policy::DepthPlan plan;
     plan.min_steps = 2;
@@ -293,23 +298,7 @@ TEST_P(ForwardCountTest, GatedChecksMatchTheForwardPasses) {
     plan.check_every = 2;
     plan.check_from = 2;
     plan.gate_latent_below = gate;
-    exec::AdaptiveOptions ao;
-    ao.max_tokens = 6;
-    exec::cpu::ScopedMaddCounter counter;
-    auto res = exec::GenerateAdaptive(*model_, prompt, plan, ao);
-    ASSERT_TRUE(res.ok()) << res.status().ToString();
-    const double measured = 2.0 * static_cast<double>(counter.Read().total());
-    const auto passes = exec::PassesOf(*res, n);
-    const RequestCost rc = cm_->Request(passes);
-    int64_t logit = 0, latent = 0;
-    for (const auto& p : passes) {
-      logit += p.logit_checks;
-      latent += p.latent_checks;
-    }
-    EXPECT_EQ(logit, res->checks.logit_checks) << gate;
-    EXPECT_EQ(latent, res->checks.latent_checks) << gate;
-    const double predicted = rc.total().flops - latent * cm_->LatentCheck().flops;
-    EXPECT_LT(RelErr(predicted, measured), kTol) << GetParam().name << " gate " << gate;
+    ExpectPassesMatchCount(plan, n, kTol, "gate " + std::to_string(gate));
   }
 }
 
