@@ -64,6 +64,8 @@ struct Engine::Impl {
     double submitted = 0.0;  // MonotonicSeconds
     double admitted = 0.0;
     double first_token = 0.0;
+    double last_token = 0.0;
+    std::vector<double> inter_token;  // seconds between successive tokens
     double device_seconds = 0.0;
     int64_t prompt_tokens = 0;
     DepthBatcher::Id batch_id = 0;
@@ -138,7 +140,8 @@ struct Engine::Impl {
     AdaptiveResult shaped;
     shaped.tokens = g.tokens;
     const auto passes = PassesOf(shaped, p.prompt_tokens);
-    u.flops = cost->Request(passes).total().flops;
+    const telemetry::RequestCost rc = cost->Request(passes);
+    u.flops = rc.total().flops;
     u.currency = p.profile->currency;
     u.cost = p.profile->pricing.per_device_second * p.device_seconds +
              p.profile->pricing.per_tflop * u.flops / 1e12;
@@ -148,7 +151,85 @@ struct Engine::Impl {
     u.total_seconds = now - p.submitted;
     u.kv_bytes = r != nullptr ? r->kv_bytes : 0;
     if (u.cost > 0) Ledger(p.profile->name).Charge(p.spec.plan.tenant, u.cost, now);
+    if (options.sink) {
+      telemetry::RequestRecord rec = Record(p.spec.plan, *p.profile, reason);
+      rec.prompt_tokens = u.prompt_tokens;
+      rec.generation_tokens = u.completion_tokens;
+      rec.token_steps = u.token_steps;
+      for (const TokenTrace& t : g.tokens) {
+        rec.exit_reasons.emplace_back(policy::ExitReasonName(t.reason));
+      }
+      rec.latent_checks = u.latent_checks;
+      rec.logit_checks = u.logit_checks;
+      rec.phases = rc.phases;
+      rec.checks = rc.checks;
+      rec.device_seconds = p.device_seconds;
+      rec.cost = u.cost;
+      rec.queue_seconds = u.queue_seconds;
+      rec.first_token_seconds = p.first_token > 0 ? u.first_token_seconds : -1.0;
+      rec.e2e_seconds = u.total_seconds;
+      rec.inter_token_seconds = p.inter_token;
+      options.sink->OnRequest(rec);
+      PublishBudget(*p.profile, p.spec.plan.tenant, now);
+    }
     p.promise.set_value(std::move(g));
+  }
+
+  // The labels of a request's record.
+  static telemetry::RequestRecord Record(const policy::DepthPlan& plan,
+                                         const policy::DomainProfile& profile,
+                                         const std::string& outcome) {
+    telemetry::RequestRecord rec;
+    rec.profile = profile.name;
+    rec.task_class = plan.task_class;
+    rec.tenant = plan.tenant;
+    rec.outcome = outcome;
+    rec.currency = profile.currency;
+    rec.class_max_steps = plan.class_max_steps;
+    return rec;
+  }
+
+  // A request refused at submission (before or after planning).
+  void Rejected(const policy::DomainProfile& profile, const policy::Request& request,
+                const policy::DepthPlan* plan) {
+    if (!options.sink) return;
+    policy::DepthPlan unplanned;
+    unplanned.tenant = request.tenant;
+    unplanned.task_class = request.task_class.value_or("");
+    options.sink->OnRequest(Record(plan ? *plan : unplanned, profile, "rejected"));
+  }
+
+  void PublishBudget(const policy::DomainProfile& profile, const std::string& tenant,
+                     double now) const {
+    if (profile.FindTenant(tenant) == nullptr) return;  // no budget
+    options.sink->OnBudget(profile.name, tenant, profile.currency,
+                           ledgers.at(profile.name)->Remaining(tenant, now));
+  }
+
+  void PublishProfile(const policy::DomainProfile& profile) const {
+    if (!options.sink) return;
+    telemetry::ProfileInfo info;
+    info.name = profile.name;
+    info.currency = profile.currency;
+    for (const auto& c : profile.task_classes) info.task_classes.push_back(c.name);
+    for (const auto& [tenant, budget] : profile.tenants) info.tenants.push_back(tenant);
+    options.sink->OnProfile(info);
+    const double now = MonotonicSeconds();
+    for (const auto& [tenant, budget] : profile.tenants) PublishBudget(profile, tenant, now);
+  }
+
+  void PublishState() const {
+    if (!options.sink) return;
+    telemetry::EngineState st;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      st.running = static_cast<int64_t>(running.size());
+      st.waiting = static_cast<int64_t>(queue.size());
+      st.kv_bytes_used = running.empty() ? 0 : stats.kv_bytes_used;
+      st.kv_bytes_reserved = kv_reserved;
+      st.kv_bytes_capacity = stats.kv_bytes_capacity;
+    }
+    options.sink->OnState(st);
   }
 
   static std::vector<int32_t> TokenIds(const std::vector<TokenTrace>& t) {
@@ -185,6 +266,7 @@ Result<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& options) {
     ledger->Configure(*loaded);
     impl->ledgers[name] = std::move(ledger);
     impl->profiles.Add(std::move(*loaded));
+    impl->PublishProfile(**impl->profiles.Get(name));
   }
   PONDER_ASSIGN_OR_RETURN(impl->protocol, model::ProtocolOf(*impl->ckpt->tokenizer, "engine"));
   for (const char* s : {"<|end_turn|>", "<|end_text|>"}) {
@@ -199,6 +281,7 @@ Result<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& options) {
       std::make_unique<cpu::CpuModel>(impl->ckpt->config, impl->ckpt->weights, impl->pool.get());
   impl->batcher = std::make_unique<DepthBatcher>(*impl->model);
   impl->stats.kv_bytes_capacity = options.kv_budget_bytes;
+  impl->PublishState();
   Impl* raw = impl.get();
   impl->worker = std::thread([raw] { raw->Run(); });
   return std::unique_ptr<Engine>(new Engine(std::move(impl)));
@@ -256,7 +339,13 @@ Result<RequestHandle> Engine::Submit(const GenerationRequest& request,
     ctx.seconds_per_iteration = m.stats.seconds_per_iteration;
     ctx.queue_depth = static_cast<int>(m.queue.size());
   }
-  PONDER_ASSIGN_OR_RETURN(policy::DepthPlan plan, m.planner.Plan(preq, *profile, ctx));
+  auto planned = m.planner.Plan(preq, *profile, ctx);
+  if (!planned.ok()) {
+    if (planned.status().code() == StatusCode::kResourceExhausted)
+      m.Rejected(*profile, preq, nullptr);
+    return planned.status();
+  }
+  const policy::DepthPlan plan = std::move(*planned);
   auto p = std::make_unique<Impl::Pending>();
   p->profile = profile;
   p->on_token = std::move(on_token);
@@ -291,6 +380,7 @@ Result<RequestHandle> Engine::Submit(const GenerationRequest& request,
                                    cfg.n_layers_in_coda, cfg.n_embd, spec.options.kv,
                                    plan.max_steps, positions);
   if (p->kv_reserve > m.options.kv_budget_bytes) {
+    m.Rejected(*profile, preq, &plan);
     return ResourceExhausted("kv: the request needs up to " + std::to_string(p->kv_reserve) +
                              " bytes of KV cache, more than the engine's budget of " +
                              std::to_string(m.options.kv_budget_bytes));
@@ -302,6 +392,7 @@ Result<RequestHandle> Engine::Submit(const GenerationRequest& request,
     std::lock_guard<std::mutex> lock(m.mu);
     if (static_cast<int64_t>(m.queue.size()) >= m.options.max_queue) {
       ++m.stats.rejected;
+      m.Rejected(*profile, preq, &plan);
       return ResourceExhausted("queue: " + std::to_string(m.queue.size()) +
                                " requests are waiting (the limit); retry later");
     }
@@ -406,7 +497,10 @@ void Engine::Impl::Run() {
       SequenceSpec spec = p->spec;
       const model::Tokenizer& tok = *ckpt->tokenizer;
       spec.on_token = [this, p, &tok](const TokenTrace& t) {
-        if (p->first_token == 0) p->first_token = MonotonicSeconds();
+        const double now = MonotonicSeconds();
+        if (p->first_token == 0) p->first_token = now;
+        if (p->last_token > 0) p->inter_token.push_back(now - p->last_token);
+        p->last_token = now;
         p->tokens.push_back(t);
         TokenEvent ev{p->id, t.token, p->text.Push(tok, t.token), t.steps, t.reason};
         p->full_text += ev.text;
@@ -427,7 +521,10 @@ void Engine::Impl::Run() {
       p->batch_id = *id;
       by_batch_id[*id] = p->id;
     }
-    if (batcher->active() == 0) continue;
+    if (batcher->active() == 0) {
+      PublishState();  // cancellations may have emptied the batch
+      continue;
+    }
     // Elastic depth: with requests waiting for a full batch, running tokens' caps shrink.
     int64_t waiting = 0;
     {
@@ -482,6 +579,7 @@ void Engine::Impl::Run() {
                                         : (1 - a) * stats.seconds_per_iteration + a * secs;
       stats.completed += static_cast<int64_t>(done.size());
     }
+    if (options.sink) options.sink->OnTick(rows, secs);
     for (auto& [p, r] : done) {
       if (!r.ok()) {
         p->promise.set_value(r.status());
@@ -489,6 +587,7 @@ void Engine::Impl::Run() {
       }
       Finish(*p, r->finish_reason, &*r);
     }
+    PublishState();
     if (!st.ok()) {
       // A failed tick: end every running request with the error rather than spin.
       std::vector<std::unique_ptr<Pending>> failed;
@@ -517,12 +616,17 @@ EngineStats Engine::Stats() const {
   return s;
 }
 
+std::string ModelNameOf(const std::string& model_dir) {
+  std::string name = std::filesystem::path(model_dir).filename().string();
+  if (name.empty()) name = std::filesystem::path(model_dir).parent_path().filename().string();
+  return name;
+}
+
 ModelInfo Engine::model_info() const {
   const auto& c = *impl_->ckpt;
   ModelInfo info;
   info.dir = c.dir;
-  info.name = std::filesystem::path(c.dir).filename().string();
-  if (info.name.empty()) info.name = std::filesystem::path(c.dir).parent_path().filename().string();
+  info.name = ModelNameOf(c.dir);
   info.parameters = c.config.UniqueParams();
   info.context = c.config.block_size;
   info.mean_recurrence = c.config.mean_recurrence;
@@ -552,8 +656,22 @@ Status Engine::ReloadProfiles() {
     }
     m.ledgers.at(name)->Configure(*loaded);
     m.profiles.Add(std::move(*loaded));
+    m.PublishProfile(**m.profiles.Get(name));
   }
   return Status::Ok();
+}
+
+void Engine::PublishTelemetry() const {
+  const Impl& m = *impl_;
+  if (!m.options.sink) return;
+  m.PublishState();
+  const double now = MonotonicSeconds();
+  for (const std::string& name : m.profile_names) {
+    auto profile = m.profiles.Get(name);
+    if (!profile.ok()) continue;
+    for (const auto& [tenant, budget] : (*profile)->tenants)
+      m.PublishBudget(**profile, tenant, now);
+  }
 }
 
 double Engine::RemainingBudget(const std::string& profile, const std::string& tenant) const {

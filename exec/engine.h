@@ -30,6 +30,7 @@
 #include "model/tokenizer.h"
 #include "policy/plan.h"
 #include "policy/profile.h"
+#include "telemetry/sink.h"
 
 namespace ponder::exec {
 
@@ -46,6 +47,10 @@ struct EngineOptions {
   bool elastic_depth = true;
   int max_prompt_tokens = 0;  // 0: the model's context minus one
   int max_new_tokens = 0;     // hard cap on a request's max_tokens (0: the context)
+  // Where telemetry goes (e.g. a telemetry::PrometheusSink); null: nowhere. It sees every
+  // profile as loaded, every request as it ends (rejections included), every tick, the
+  // scheduler's state and the tenants' remaining budgets.
+  std::shared_ptr<telemetry::Sink> sink;
 };
 
 // How the prompt text becomes tokens.
@@ -124,6 +129,10 @@ struct EngineStats {
   double seconds_per_iteration = 0.0;  // running estimate (deadline planning)
 };
 
+// A model's name from its directory: the last component ("model/zoo/ponder-micro/" ->
+// "ponder-micro"); the metrics' model_name and /v1/models use it.
+std::string ModelNameOf(const std::string& model_dir);
+
 struct ModelInfo {
   std::string name;  // the model directory's last component
   std::string dir;
@@ -160,6 +169,9 @@ class Engine {
   [[nodiscard]] Status ReloadProfiles();
   // Budget left in the tenant's window (profile currency); +inf without a budget.
   double RemainingBudget(const std::string& profile, const std::string& tenant) const;
+  // Sends the scheduler's state and every budgeted tenant's remaining budget to the sink
+  // (a scrape calls it, so that windows that rolled over show).
+  void PublishTelemetry() const;
 
   struct Impl;
 

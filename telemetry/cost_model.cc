@@ -104,7 +104,7 @@ Cost CostModel::Token(int64_t context, int64_t steps) const {
   return Pass(pass);
 }
 
-Cost CostModel::Pass(const PassWork& pass, Cost* checks) const {
+Cost CostModel::Pass(const PassWork& pass, Cost* checks, PhaseCost* phases) const {
   const double d = dims_.n_embd;
   const double b = dims_.weight_bytes_per_param;
   const double rows = static_cast<double>(pass.rows);
@@ -126,6 +126,7 @@ Cost CostModel::Pass(const PassWork& pass, Cost* checks) const {
     *checks = coda_head * static_cast<double>(extra) +
               LatentCheck() * static_cast<double>(pass.latent_checks);
   }
+  if (phases != nullptr) *phases = PhaseCost{embedding + prelude, core, coda_head};
   return embedding + prelude + core + coda_head;
 }
 
@@ -133,9 +134,11 @@ RequestCost CostModel::Request(std::span<const PassWork> passes) const {
   RequestCost out;
   for (size_t i = 0; i < passes.size(); ++i) {
     Cost checks;
-    const Cost c = Pass(passes[i], &checks);
+    PhaseCost phases;
+    const Cost c = Pass(passes[i], &checks, &phases);
     (i == 0 ? out.prefill : out.decode) += c;
     out.checks += checks;
+    out.phases += phases;
     ++out.passes;
     out.rows += passes[i].rows;
     out.steps += passes[i].steps;

@@ -105,12 +105,27 @@ struct PassWork {
   bool output_from_check = false;
 };
 
+// The passes' cost by phase of the forward (checks excluded): embedding + prelude, the core
+// iterations (adapter + core block), and ln_f + coda + head.
+struct PhaseCost {
+  Cost prelude;
+  Cost core;
+  Cost coda_head;
+  PhaseCost& operator+=(const PhaseCost& o) {
+    prelude += o.prelude;
+    core += o.core;
+    coda_head += o.coda_head;
+    return *this;
+  }
+};
+
 // A request's cost, split as telemetry reports it: the passes themselves (as at fixed
 // depth: one output coda + head each) and what the exit checks added on top.
 struct RequestCost {
-  Cost prefill;  // the first pass (the prompt's rows), without its checks
-  Cost decode;   // every later pass, without their checks
-  Cost checks;   // latent checks + logit checks beyond the one that gave a pass's output
+  Cost prefill;      // the first pass (the prompt's rows), without its checks
+  Cost decode;       // every later pass, without their checks
+  Cost checks;       // latent checks + logit checks beyond the one that gave a pass's output
+  PhaseCost phases;  // prefill + decode by phase (prelude + core + coda_head == both)
   int64_t passes = 0;
   int64_t rows = 0;   // prompt rows + decoded rows
   int64_t steps = 0;  // core iterations of all passes (a pass counts its steps once)
@@ -138,8 +153,9 @@ class CostModel {
   // Embedding + Prelude + steps x CoreIteration + Coda + Head.
   Cost Token(int64_t context, int64_t steps) const;
 
-  // One pass, its checks excluded (`checks`, when not null, receives their cost).
-  Cost Pass(const PassWork& pass, Cost* checks = nullptr) const;
+  // One pass, its checks excluded (`checks`, when not null, receives their cost; `phases`,
+  // when not null, the pass by phase).
+  Cost Pass(const PassWork& pass, Cost* checks = nullptr, PhaseCost* phases = nullptr) const;
   // Every pass of a request, in order; passes[0] is the prefill.
   RequestCost Request(std::span<const PassWork> passes) const;
 

@@ -14,8 +14,8 @@
 #include <thread>
 
 #include "apps/server/auth.h"
-#include "apps/server/metrics.h"
 #include "apps/server/openai.h"
+#include "telemetry/prometheus_sink.h"
 
 namespace ponder::apps::server {
 namespace {
@@ -69,7 +69,16 @@ struct Server::Impl {
   std::string model_name;                // set with `engine`
   Status load_status;
 
-  explicit Impl(ServerOptions o) : options(std::move(o)), keys(options.api_keys) {}
+  // /metrics: the engine's telemetry (ponder_engine_ready 0 while it loads).
+  std::shared_ptr<telemetry::PrometheusSink> sink;
+
+  explicit Impl(ServerOptions o) : options(std::move(o)), keys(options.api_keys) {
+    sink = std::make_shared<telemetry::PrometheusSink>(
+        telemetry::PrometheusOptions{.model_name = exec::ModelNameOf(options.engine.model_dir)});
+    for (const auto& [key, tenant] : options.api_keys) sink->AllowTenant(tenant);
+    sink->OnReady(false);
+    options.engine.sink = sink;
+  }
 
   std::shared_ptr<exec::Engine> Engine() const {
     std::lock_guard<std::mutex> lock(engine_mu);
@@ -335,16 +344,8 @@ void Server::Impl::HandleProfiles(const httplib::Request& req, httplib::Response
 
 void Server::Impl::HandleMetrics(const httplib::Request& req, httplib::Response& res) {
   if (!AuthorizeAdmin(req, res)) return;
-  auto engine = Engine();
-  exec::EngineStats stats;
-  if (engine) stats = engine->Stats();
-  std::string name;
-  {
-    std::lock_guard<std::mutex> lock(engine_mu);
-    name = model_name;
-  }
-  res.set_content(RenderMetrics(name, engine ? &stats : nullptr),
-                  "text/plain; version=0.0.4; charset=utf-8");
+  if (auto engine = Engine()) engine->PublishTelemetry();
+  res.set_content(sink->Serialize(), "text/plain; version=0.0.4; charset=utf-8");
 }
 
 void Server::Impl::Routes() {
@@ -418,6 +419,7 @@ void Server::Impl::Load() {
     model_name = info.name;
     engine = std::move(e);
   }
+  sink->OnReady(true);
   spdlog::info("model {} loaded in {:.2f} s ({} parameters, context {}); serving", info.name,
                std::chrono::duration<double>(Clock::now() - t0).count(), info.parameters,
                info.context);

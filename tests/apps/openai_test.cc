@@ -7,7 +7,6 @@
 #include <nlohmann/json.hpp>
 
 #include "apps/server/auth.h"
-#include "apps/server/metrics.h"
 
 namespace ponder::apps::server {
 namespace {
@@ -335,24 +334,6 @@ TEST(Auth, KeysFileAndBearer) {
   EXPECT_FALSE(ConstantTimeEquals("abc", "ab"));
   EXPECT_FALSE(ConstantTimeEquals("", "a"));
   EXPECT_TRUE(ConstantTimeEquals("", ""));
-}
-
-TEST(Metrics, TextFormat) {
-  const std::string loading = RenderMetrics("m", nullptr);
-  EXPECT_NE(loading.find("ponder_engine_ready{model_name=\"m\"} 0\n"), std::string::npos);
-  EXPECT_EQ(loading.find("ponder_requests_running"), std::string::npos);
-  exec::EngineStats s;
-  s.active = 2;
-  s.waiting = 1;
-  s.kv_bytes_used = 4096;
-  s.cancelled = 5;
-  const std::string text = RenderMetrics("ponder-\"micro\"", &s);
-  EXPECT_NE(text.find("# TYPE ponder_requests_running gauge\n"), std::string::npos);
-  EXPECT_NE(text.find("ponder_requests_running{model_name=\"ponder-\\\"micro\\\"\"} 2\n"),
-            std::string::npos);
-  EXPECT_NE(text.find("ponder_kv_cache_used_bytes{model_name=\"ponder-\\\"micro\\\"\"} 4096\n"),
-            std::string::npos);
-  EXPECT_NE(text.find("# TYPE ponder_requests_cancelled_total counter\n"), std::string::npos);
 }
 
 }  // namespace

@@ -18,13 +18,14 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+from harness import check, http  # noqa: E402
 
 PONDER, SOURCE, WORK = sys.argv[1], sys.argv[2], sys.argv[3]
 MODEL_DIR = os.path.join(SOURCE, "model", "zoo", "ponder-micro")
@@ -33,73 +34,11 @@ PROFILES = [os.path.join(PROFILE_DIR, n) for n in ("finance.json", "education.js
 MODEL = "ponder-micro"
 os.makedirs(WORK, exist_ok=True)
 
-passed, failed, skipped = 0, 0, []
+skipped = []
 
 
-def check(name, cond, detail=""):
-    global passed, failed
-    if cond:
-        passed += 1
-        print(f"[ OK ] {name}", flush=True)
-    else:
-        failed += 1
-        print(f"[FAIL] {name} {str(detail)[:600]}", flush=True)
-
-
-class Server:
-    def __init__(self, name, *args):
-        self.log_path = os.path.join(WORK, f"server-{name}.log")
-        self.log = open(self.log_path, "w+")
-        cmd = [PONDER, "serve", "--model", MODEL_DIR, "--port", "0", "--threads", "1", *args]
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
-        self.base = None
-        deadline = time.time() + 30
-        while time.time() < deadline and self.base is None and self.proc.poll() is None:
-            with open(self.log_path) as f:
-                m = re.search(r"listening on (http://[0-9.]+:\d+)", f.read())
-            if m:
-                self.base = m.group(1)
-            else:
-                time.sleep(0.05)
-        if self.base is None:
-            raise RuntimeError(f"server {name} did not start: {self.tail()}")
-        # /health: 503 while loading, 200 once loaded.
-        self.health_codes = set()
-        while time.time() < deadline:
-            st, _, body = http("GET", self.base + "/health")
-            self.health_codes.add(st)
-            if st == 200:
-                break
-            time.sleep(0.05)
-
-    def tail(self):
-        with open(self.log_path) as f:
-            return f.read()[-2000:]
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        return self.proc.returncode
-
-
-def http(method, url, body=None, headers=None, raw=None, timeout=60):
-    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, dict(r.headers), r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, dict(e.headers), e.read().decode()
-    except (ConnectionError, urllib.error.URLError) as e:
-        return 0, {}, str(e)
+def Server(name, *args):
+    return harness.Server(PONDER, MODEL_DIR, WORK, name, *args)
 
 
 def jbody(text):
@@ -117,12 +56,22 @@ def is_error(status, body, want_status, param=None):
 
 def metrics(base, headers=None):
     st, _, text = http("GET", base + "/metrics", headers=headers)
+    """Each metric summed over its series; requests also by outcome ("name:outcome")."""
     out = {}
     for line in text.splitlines():
-        m = re.match(r"^(\w+)\{[^}]*\} (\S+)$", line)
+        m = re.match(r"^(\w+)(?:\{([^}]*)\})? (\S+)$", line)
         if m:
-            out[m.group(1)] = float(m.group(2))
+            name, value = m.group(1), float(m.group(3))
+            out[name] = out.get(name, 0) + value
+            o = re.search(r'outcome="(\w+)"', m.group(2) or "")
+            if o:
+                key = name + ":" + o.group(1)
+                out[key] = out.get(key, 0) + value
     return st, out
+
+
+def completed(m):
+    return m.get("ponder_requests_total:stop", 0) + m.get("ponder_requests_total:length", 0)
 
 
 def wait_idle(base, headers=None, timeout=10.0):
@@ -130,7 +79,7 @@ def wait_idle(base, headers=None, timeout=10.0):
     deadline = time.time() + timeout
     while True:
         _, m = metrics(base, headers)
-        idle = (m.get("ponder_requests_running") == 0 and m.get("ponder_requests_waiting") == 0
+        idle = (m.get("ponder_num_requests_running") == 0 and m.get("ponder_num_requests_waiting") == 0
                 and m.get("ponder_kv_cache_used_bytes") == 0
                 and m.get("ponder_kv_cache_reserved_bytes") == 0)
         if idle or time.time() > deadline:
@@ -207,7 +156,7 @@ def test_http_contract(s):
     check("unknown route: 404 JSON", is_error(st, body, 404), body)
     st, m = metrics(b)
     check("GET /metrics", st == 200 and m.get("ponder_engine_ready") == 1
-          and "ponder_requests_running" in m and "ponder_kv_cache_used_bytes" in m, m)
+          and "ponder_num_requests_running" in m and "ponder_kv_cache_used_bytes" in m, m)
 
 
 def test_openai_client(s):
@@ -258,15 +207,14 @@ def test_disconnect_cancels(s):
     _, during = metrics(b)
     curl.kill()
     curl.wait()
-    check("stream started", first.startswith("data: {") and during.get("ponder_requests_running") == 1
+    check("stream started", first.startswith("data: {") and during.get("ponder_num_requests_running") == 1
           and during.get("ponder_kv_cache_used_bytes", 0) > 0, (first, during))
     idle, after = wait_idle(b, timeout=10)
     check("client gone: running requests and KV bytes back to zero", idle, after)
     check("client gone: the request was cancelled, not completed",
-          after.get("ponder_requests_cancelled_total", 0)
-          == before.get("ponder_requests_cancelled_total", 0) + 1
-          and after.get("ponder_requests_completed_total")
-          == before.get("ponder_requests_completed_total"), (before, after))
+          after.get("ponder_requests_total:cancelled", 0)
+          == before.get("ponder_requests_total:cancelled", 0) + 1
+          and completed(after) == completed(before), (before, after))
 
 
 def test_auth_reload(s, profile_copy):
@@ -349,7 +297,7 @@ def test_overload(s):
           rejected and all(r[1].get("Retry-After", "").isdigit() and is_error(r[0], r[2], 429)
                            for r in rejected), rejected[:1])
     idle, m = wait_idle(b, {"Authorization": "Bearer admin-secret"})
-    check("overload: idle afterwards", idle and m.get("ponder_requests_rejected_total", 0) >= 1, m)
+    check("overload: idle afterwards", idle and m.get("ponder_requests_total:rejected", 0) >= 1, m)
 
 
 def test_queued_disconnect(s):
@@ -365,27 +313,27 @@ def test_queued_disconnect(s):
     first = threading.Thread(target=http, args=("POST", b + "/v1/completions", deep, key))
     first.start()
     deadline = time.time() + 10
-    while metrics(b, admin)[1].get("ponder_requests_running") != 1 and time.time() < deadline:
+    while metrics(b, admin)[1].get("ponder_num_requests_running") != 1 and time.time() < deadline:
         time.sleep(0.02)
     curl = subprocess.Popen(["curl", "-sN", "-H", "Content-Type: application/json",
                              "-H", "Authorization: " + key["Authorization"],
                              "-d", json.dumps({**deep, "stream": True}), b + "/v1/completions"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while metrics(b, admin)[1].get("ponder_requests_waiting") != 1 and time.time() < deadline:
+    while metrics(b, admin)[1].get("ponder_num_requests_waiting") != 1 and time.time() < deadline:
         time.sleep(0.02)
     _, queued = metrics(b, admin)
     curl.kill()
     curl.wait()
     while time.time() < deadline:
         _, m = metrics(b, admin)
-        if m.get("ponder_requests_waiting") == 0:
+        if m.get("ponder_num_requests_waiting") == 0:
             break
         time.sleep(0.05)
     check("queued stream, client gone: cancelled while the other request still runs",
-          queued.get("ponder_requests_waiting") == 1 and m.get("ponder_requests_waiting") == 0
-          and m.get("ponder_requests_running") == 1
-          and m.get("ponder_requests_cancelled_total")
-          == before.get("ponder_requests_cancelled_total") + 1, (queued, m))
+          queued.get("ponder_num_requests_waiting") == 1 and m.get("ponder_num_requests_waiting") == 0
+          and m.get("ponder_num_requests_running") == 1
+          and m.get("ponder_requests_total:cancelled", 0)
+          == before.get("ponder_requests_total:cancelled", 0) + 1, (queued, m))
     first.join(timeout=60)
 
 
@@ -431,8 +379,8 @@ def main():
     check("a model that fails to load: exit 1 naming it",
           p.returncode == 1 and "nonexistent" in p.stderr, p.stderr[-500:])
 
-    print(f"{passed} passed, {failed} failed ({time.time() - t0:.1f} s)")
-    if failed:
+    print(f"{harness.passed} passed, {harness.failed} failed ({time.time() - t0:.1f} s)")
+    if harness.failed:
         sys.exit(1)
     if skipped:
         print("SKIPPED: " + "; ".join(skipped))

@@ -179,6 +179,12 @@ class ForwardCountTest : public ::testing::TestWithParam<ModelCase> {
     }
     EXPECT_EQ(logit, res->checks.logit_checks) << what;
     EXPECT_EQ(latent, res->checks.latent_checks) << what;
+    // The phases split the passes exactly (what /metrics reports by phase).
+    const double passes_flops = (rc.prefill + rc.decode).flops;
+    EXPECT_NEAR(rc.phases.prelude.flops + rc.phases.core.flops + rc.phases.coda_head.flops,
+                passes_flops, 1e-9 * passes_flops)
+        << what;
+    EXPECT_GT(rc.phases.core.flops, 0) << what;
     const double predicted = rc.total().flops - latent * cm_->LatentCheck().flops;
     EXPECT_LT(std::abs(predicted - measured) / measured, tol)
         << GetParam().name << " " << what << ": model " << predicted << " measured " << measured;
