@@ -25,7 +25,7 @@ void AddServeCommand(CLI::App& app, int& exit_code) {
     std::string dir, host = "127.0.0.1", api_keys, admin_key;
     std::vector<std::string> profiles;
     int port = 8000, max_active = 32, max_queue = 256, threads = 0, http_threads = 0;
-    int max_prompt_tokens = 0, max_tokens = 0;
+    int max_prompt_tokens = 0, max_tokens = 0, max_streams_per_tenant = 0;
     uint64_t kv_budget_mb = 1024, max_body_bytes = 1 << 20;
   };
   auto a = std::make_shared<Args>();
@@ -61,6 +61,9 @@ void AddServeCommand(CLI::App& app, int& exit_code) {
   cmd->add_option("--max-tokens", a->max_tokens,
                   "Cap on a request's max_tokens (0: the model's context)")
       ->check(CLI::Range(0, 1 << 24));
+  cmd->add_option("--max-streams-per-tenant", a->max_streams_per_tenant,
+                  "Streaming requests open at once per tenant; beyond: 429 (0: no limit)")
+      ->check(CLI::Range(0, 1 << 20));
   cmd->callback([a, &exit_code] {
     spdlog::set_default_logger(spdlog::stderr_color_mt("ponder-serve"));
     server::ServerOptions o;
@@ -77,6 +80,7 @@ void AddServeCommand(CLI::App& app, int& exit_code) {
     o.admin_key = a->admin_key;
     o.max_body_bytes = a->max_body_bytes;
     o.http_threads = a->http_threads;
+    o.max_streams_per_tenant = a->max_streams_per_tenant;
     if (!a->api_keys.empty()) {
       auto keys = server::LoadApiKeys(a->api_keys);
       if (!keys.ok()) {

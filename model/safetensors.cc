@@ -1,7 +1,6 @@
 #include "model/safetensors.h"
 
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -10,6 +9,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <new>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -67,9 +67,7 @@ struct Range {
 
 }  // namespace
 
-SafetensorsFile::~SafetensorsFile() {
-  if (map_ != nullptr) ::munmap(map_, size_);
-}
+SafetensorsFile::~SafetensorsFile() = default;
 
 Result<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -88,14 +86,44 @@ Result<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::string
     return DataLoss(path + ": file is " + std::to_string(size) +
                     " bytes, too short for the 8-byte header length");
   }
+  // The bytes are read into memory the process owns: a file replaced or rewritten on disk
+  // while the model serves cannot change or take away the weights in use.
+  std::unique_ptr<unsigned char[]> bytes(new (std::nothrow) unsigned char[size]);
+  if (bytes == nullptr) {
+    return ResourceExhausted(path + ": cannot allocate " + std::to_string(size) + " bytes");
+  }
+  uint64_t got = 0;
+  while (got < size) {
+    const ssize_t n = ::read(fd, bytes.get() + got, std::min<uint64_t>(size - got, 1ull << 30));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return InvalidArgument(path + ": read failed: " + std::strerror(errno));
+    if (n == 0) {
+      return DataLoss(path + ": the file shrank while it was read (" + std::to_string(got) +
+                      " of " + std::to_string(size) + " bytes)");
+    }
+    got += static_cast<uint64_t>(n);
+  }
+  return Parse(std::move(bytes), size, path);
+}
 
+Result<std::unique_ptr<SafetensorsFile>> SafetensorsFile::FromBytes(std::string_view bytes,
+                                                                    const std::string& name) {
+  if (bytes.size() < 8) {
+    return DataLoss(name + ": file is " + std::to_string(bytes.size()) +
+                    " bytes, too short for the 8-byte header length");
+  }
+  std::unique_ptr<unsigned char[]> copy(new unsigned char[bytes.size()]);
+  std::memcpy(copy.get(), bytes.data(), bytes.size());
+  return Parse(std::move(copy), bytes.size(), name);
+}
+
+Result<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Parse(
+    std::unique_ptr<unsigned char[]> bytes, uint64_t size, const std::string& path) {
   std::unique_ptr<SafetensorsFile> file(new SafetensorsFile());
   file->path_ = path;
-  void* map = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
-  if (map == MAP_FAILED) return InvalidArgument(path + ": mmap failed: " + std::strerror(errno));
-  file->map_ = map;
+  file->bytes_ = std::move(bytes);
   file->size_ = size;
-  const auto* base = static_cast<const unsigned char*>(map);
+  const unsigned char* base = file->bytes_.get();
 
   uint64_t header_len = 0;
   for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | base[i];  // little-endian

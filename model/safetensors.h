@@ -4,6 +4,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/status.h"
@@ -11,18 +12,22 @@
 
 namespace ponder::model {
 
-// A read-only memory-mapped safetensors file. The header is validated on open: its
-// length is bounded (kMaxHeaderBytes), it is JSON with an object per tensor, dtypes are
+// A safetensors file, read into memory the process owns (so that replacing or rewriting
+// the file on disk while serving cannot change the weights in use). The header is validated on
+// open: its length is bounded (kMaxHeaderBytes), it is JSON with an object per tensor, dtypes are
 // F32/BF16/F16, every byte range lies inside the data section, ranges do not overlap, and
 // each range's length equals shape x dtype size. Views stay valid while the file lives.
 // A view's data may be unaligned for its dtype when the header length is not a multiple of
 // the element size (the HF writer pads it to 8, so real checkpoints are aligned); readers
-// on strict-alignment targets copy with memcpy. The file must not be truncated while mapped.
+// on strict-alignment targets copy with memcpy.
 class SafetensorsFile {
  public:
   static constexpr uint64_t kMaxHeaderBytes = 100ull << 20;  // 100 MiB, as the HF reader
 
   [[nodiscard]] static Result<std::unique_ptr<SafetensorsFile>> Open(const std::string& path);
+  // The same checks on bytes in memory (copied); `name` stands for the path in messages.
+  [[nodiscard]] static Result<std::unique_ptr<SafetensorsFile>> FromBytes(std::string_view bytes,
+                                                                          const std::string& name);
   ~SafetensorsFile();
   SafetensorsFile(const SafetensorsFile&) = delete;
   SafetensorsFile& operator=(const SafetensorsFile&) = delete;
@@ -34,8 +39,10 @@ class SafetensorsFile {
 
  private:
   SafetensorsFile() = default;
+  [[nodiscard]] static Result<std::unique_ptr<SafetensorsFile>> Parse(
+      std::unique_ptr<unsigned char[]> bytes, uint64_t size, const std::string& path);
   std::string path_;
-  void* map_ = nullptr;
+  std::unique_ptr<unsigned char[]> bytes_;
   uint64_t size_ = 0;
   std::map<std::string, TensorView> tensors_;
   std::map<std::string, std::string> metadata_;

@@ -13,18 +13,18 @@ namespace {
 using nlohmann::ordered_json;
 
 // A JSON value located in the text: [begin, end) spans it. Objects keep their members in
-// order (key, value); arrays their elements. Only what the edit needs is decoded.
+// order (keys[i], elements[i]); arrays their elements. Only what the edit needs is decoded.
 struct Span {
   char kind = 0;  // '{', '[', '"', or 'v' (number / literal)
   size_t begin = 0, end = 0;
-  std::string text;  // strings: the raw characters between the quotes
-  std::vector<std::pair<std::string, Span>> members;
-  std::vector<Span> elements;
+  std::string text;               // strings: the raw characters between the quotes
+  std::vector<std::string> keys;  // objects: member keys, parallel to elements
+  std::vector<Span> elements;     // array elements, or object member values
 
   const Span* Member(const std::string& key) const {
     const Span* found = nullptr;
-    for (const auto& [k, v] : members) {
-      if (k == key) found = &v;  // last one wins, as nlohmann's parser
+    for (size_t i = 0; i < keys.size(); ++i) {
+      if (keys[i] == key) found = &elements[i];  // last one wins, as nlohmann's parser
     }
     return found;
   }
@@ -59,7 +59,8 @@ class Scanner {
           ++i_;
           auto val = Value(depth + 1);
           if (!val) return std::nullopt;
-          v.members.emplace_back(key->text, std::move(*val));
+          v.keys.push_back(key->text);
+          v.elements.push_back(std::move(*val));
           Skip();
           if (Peek(',')) {
             ++i_;

@@ -9,6 +9,7 @@
 #include <condition_variable>
 #include <ctime>
 #include <deque>
+#include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -68,6 +69,9 @@ struct Server::Impl {
   std::shared_ptr<exec::Engine> engine;  // null while loading
   std::string model_name;                // set with `engine`
   Status load_status;
+
+  std::mutex streams_mu;
+  std::map<std::string, int> streams_by_tenant;  // open streams (entries at zero are erased)
 
   // /metrics: the engine's telemetry (ponder_engine_ready 0 while it loads).
   std::shared_ptr<telemetry::PrometheusSink> sink;
@@ -210,6 +214,35 @@ void Server::Impl::HandleGeneration(const httplib::Request& req, httplib::Respon
 
 void Server::Impl::Stream(httplib::Response& res, std::shared_ptr<exec::Engine> engine,
                           ApiRequest api, ResponseMeta meta) {
+  // Streams a tenant holds open at once: each holds an HTTP thread for its whole length.
+  const std::string tenant = api.generation.policy.tenant;
+  {
+    std::lock_guard<std::mutex> lock(streams_mu);
+    int& open = streams_by_tenant[tenant];
+    if (options.max_streams_per_tenant > 0 && open >= options.max_streams_per_tenant) {
+      if (open == 0) streams_by_tenant.erase(tenant);
+      telemetry::RequestRecord rec;
+      rec.profile =
+          api.generation.profile.empty() ? engine->default_profile() : api.generation.profile;
+      rec.task_class = api.generation.policy.task_class.value_or("");
+      rec.tenant = tenant;
+      rec.outcome = "rejected";
+      sink->OnRequest(rec);
+      ApiError error = MakeError(429,
+                                 "tenant " + tenant + " has " + std::to_string(open) +
+                                     " streams open, the limit; retry when one ends",
+                                 "rate_limit_error", "", "too_many_streams");
+      error.retry_after_seconds = 1;
+      return SendError(res, error);
+    }
+    ++open;
+  }
+  // Releases the tenant's stream slot once, whichever way the stream ends.
+  auto slot = std::shared_ptr<void>(nullptr, [this, tenant](void*) {
+    std::lock_guard<std::mutex> lock(streams_mu);
+    auto it = streams_by_tenant.find(tenant);
+    if (it != streams_by_tenant.end() && --it->second <= 0) streams_by_tenant.erase(it);
+  });
   auto st = std::make_shared<StreamState>();
   Result<exec::RequestHandle> submitted =
       engine->Submit(api.generation, [st](const exec::TokenEvent& t) {
@@ -288,7 +321,7 @@ void Server::Impl::Stream(httplib::Response& res, std::shared_ptr<exec::Engine> 
     }
     return true;
   };
-  auto releaser = [st, engine](bool /*success*/) {
+  auto releaser = [st, engine, slot](bool /*success*/) {
     if (!st->completed) {
       if (engine->Cancel(st->request_id)) {
         spdlog::info("request {}: client gone, cancelled", st->request_id);

@@ -36,6 +36,7 @@ struct ServerOptions {
   std::map<std::string, std::string> api_keys;  // key -> tenant; empty: /v1 is open
   std::string admin_key;                        // "" with api_keys: admin endpoints closed
   size_t max_body_bytes = 1 << 20;              // larger request bodies get 413
+  int max_streams_per_tenant = 0;               // open streams per tenant; beyond: 429 (0: any)
   // HTTP worker threads; every streaming or waiting request holds one. 0: enough for
   // max_active + max_queue requests plus a few for /health and /metrics (at most 1024).
   int http_threads = 0;

@@ -78,3 +78,36 @@ def http(method, url, body=None, headers=None, raw=None, timeout=60):
         return e.code, dict(e.headers), e.read().decode()
     except (ConnectionError, urllib.error.URLError) as e:
         return 0, {}, str(e)
+
+
+def metrics(base, headers=None):
+    """Each metric summed over its series; also by outcome or exit reason ("name:value")."""
+    st, _, text = http("GET", base + "/metrics", headers=headers)
+    out = {}
+    for line in text.splitlines():
+        m = re.match(r"^(\w+)(?:\{([^}]*)\})? (\S+)$", line)
+        if m:
+            name, value = m.group(1), float(m.group(3))
+            out[name] = out.get(name, 0) + value
+            o = re.search(r'(?:outcome|reason)="(\w+)"', m.group(2) or "")
+            if o:
+                key = name + ":" + o.group(1)
+                out[key] = out.get(key, 0) + value
+    return st, out
+
+
+def completed(m):
+    return m.get("ponder_requests_total:stop", 0) + m.get("ponder_requests_total:length", 0)
+
+
+def wait_idle(base, headers=None, timeout=10.0):
+    """Waits until no request runs or waits and no KV is held; returns the last metrics."""
+    deadline = time.time() + timeout
+    while True:
+        _, m = metrics(base, headers)
+        idle = (m.get("ponder_num_requests_running") == 0 and m.get("ponder_num_requests_waiting") == 0
+                and m.get("ponder_kv_cache_used_bytes") == 0
+                and m.get("ponder_kv_cache_reserved_bytes") == 0)
+        if idle or time.time() > deadline:
+            return idle, m
+        time.sleep(0.05)

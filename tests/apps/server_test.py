@@ -25,7 +25,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
-from harness import check, http  # noqa: E402
+from harness import check, completed, http, metrics, wait_idle  # noqa: E402
 
 PONDER, SOURCE, WORK = sys.argv[1], sys.argv[2], sys.argv[3]
 MODEL_DIR = os.path.join(SOURCE, "model", "zoo", "ponder-micro")
@@ -35,6 +35,12 @@ MODEL = "ponder-micro"
 os.makedirs(WORK, exist_ok=True)
 
 skipped = []
+
+
+# An arithmetic chain without its '=': at a fixed depth the model answers with a digit and
+# repeats another one until max_tokens (about 3 s at 1024 iterations per token on one core),
+# so the request is still running when its client goes away.
+LONG_ANSWER = "+1" * 16
 
 
 def Server(name, *args):
@@ -52,45 +58,6 @@ def is_error(status, body, want_status, param=None):
     e = jbody(body).get("error", {})
     return (status == want_status and isinstance(e.get("message"), str) and e.get("type")
             and (param is None or e.get("param") == param))
-
-
-def metrics(base, headers=None):
-    st, _, text = http("GET", base + "/metrics", headers=headers)
-    """Each metric summed over its series; requests also by outcome ("name:outcome")."""
-    out = {}
-    for line in text.splitlines():
-        m = re.match(r"^(\w+)(?:\{([^}]*)\})? (\S+)$", line)
-        if m:
-            name, value = m.group(1), float(m.group(3))
-            out[name] = out.get(name, 0) + value
-            o = re.search(r'outcome="(\w+)"', m.group(2) or "")
-            if o:
-                key = name + ":" + o.group(1)
-                out[key] = out.get(key, 0) + value
-    return st, out
-
-
-def completed(m):
-    return m.get("ponder_requests_total:stop", 0) + m.get("ponder_requests_total:length", 0)
-
-
-def wait_idle(base, headers=None, timeout=10.0):
-    """Waits until no request runs or waits and no KV is held; returns the last metrics."""
-    deadline = time.time() + timeout
-    while True:
-        _, m = metrics(base, headers)
-        idle = (m.get("ponder_num_requests_running") == 0 and m.get("ponder_num_requests_waiting") == 0
-                and m.get("ponder_kv_cache_used_bytes") == 0
-                and m.get("ponder_kv_cache_reserved_bytes") == 0)
-        if idle or time.time() > deadline:
-            return idle, m
-        time.sleep(0.05)
-
-
-# An arithmetic chain without its '=': at a fixed depth the model answers with a digit and
-# repeats another one until max_tokens (about 3 s at 1024 iterations per token on one core),
-# so the request is still running when its client goes away.
-LONG_ANSWER = "+1" * 16
 
 
 def test_http_contract(s):

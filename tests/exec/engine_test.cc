@@ -194,8 +194,17 @@ TEST(EngineTest, PriorityOrdersTheQueue) {
   auto blocker = Req("+1+2+3=", "risk_assessment");  // priority 3
   auto low = Req("+4+5=", "risk_assessment");        // priority 3
   auto high = Req("w0x6?w", "routine_transaction");  // priority 7
+  // The blocker runs deep enough to still hold the only slot when the others arrive.
+  blocker.policy.min_steps = 512;
+  blocker.policy.max_steps = 512;
+  blocker.policy.exit_rule = "none";
+  blocker.policy.deadline_ms = 600000;
   auto hb = (*engine)->Submit(blocker, note("blocker"));
-  std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  for (bool started = false; !started;) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    std::lock_guard<std::mutex> lock(mu);
+    started = !order.empty();
+  }
   auto hl = (*engine)->Submit(low, note("low"));
   auto hh = (*engine)->Submit(high, note("high"));
   ASSERT_TRUE(hb.ok() && hl.ok() && hh.ok());

@@ -4,11 +4,14 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <map>
 #include <numeric>
 #include <regex>
 #include <sstream>
+#include <thread>
 
 #include "exec/engine.h"
 
@@ -298,6 +301,7 @@ TEST(PrometheusSinkEngine, MetricsEqualTheRequestsUsage) {
   EXPECT_NEAR(Value(t, "ponder_flops_total"), flops, 1e-9 * flops);
   EXPECT_NEAR(Value(t, "ponder_spend_total", {{"tenant", "acme"}}), cost, 1e-12 + 1e-9 * cost);
   EXPECT_EQ(Value(t, "ponder_time_to_first_token_seconds_count", cls), n);
+  EXPECT_EQ(Value(t, "ponder_requests_total", {{"outcome", "length"}}), n);
   EXPECT_EQ(Value(t, "ponder_inter_token_latency_seconds_count", cls), n * (max_tokens - 1));
   EXPECT_EQ(Value(t, "ponder_e2e_request_latency_seconds_count", cls), n);
   EXPECT_GT(Value(t, "ponder_scheduler_ticks_total"), 0);
@@ -308,6 +312,29 @@ TEST(PrometheusSinkEngine, MetricsEqualTheRequestsUsage) {
   EXPECT_EQ(Value(t, "ponder_kv_cache_used_bytes"), 0);
   EXPECT_EQ(Value(t, "ponder_kv_cache_reserved_bytes"), 0);
   EXPECT_EQ(Value(t, "ponder_kv_cache_capacity_bytes"), static_cast<double>(o.kv_budget_bytes));
+  // A cancelled request (deep, so that it is still running) is counted as such.
+  exec::GenerationRequest deep;
+  deep.profile = "finance";
+  deep.prompt = "+1+1+1+1+1+1+1+1=";
+  deep.policy.tenant = "acme";
+  deep.policy.min_steps = 1024;
+  deep.policy.max_steps = 1024;
+  deep.policy.exit_rule = "none";
+  deep.policy.deadline_ms = 600000;  // not the class's deadline (sanitizer builds are slow)
+  deep.max_tokens = 20;
+  deep.ignore_eos = true;
+  std::atomic<int> seen{0};
+  auto cancelled = (*engine)->Submit(deep, [&](const exec::TokenEvent&) { ++seen; });
+  ASSERT_TRUE(cancelled.ok()) << cancelled.status().ToString();
+  while (seen.load() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  EXPECT_TRUE((*engine)->Cancel(cancelled->id));
+  ASSERT_TRUE(cancelled->result.get().ok());
+  EXPECT_EQ(cancelled->result.get()->finish_reason, "cancelled");
+  (*engine)->PublishTelemetry();
+  const std::string t2 = sink->Serialize();
+  EXPECT_EQ(Value(t2, "ponder_requests_total", {{"outcome", "cancelled"}}), 1);
+  EXPECT_EQ(Value(t2, "ponder_kv_cache_used_bytes"), 0);
+  EXPECT_EQ(Value(t2, "ponder_kv_cache_reserved_bytes"), 0);
 }
 
 }  // namespace

@@ -154,7 +154,7 @@ def main():
               len(codes) == n and all(c == 200 for c, _ in codes),
               [c for c in codes if c[0] != 200][:3])
         # Prometheus has scraped the end of the replay, then a few more samples for rates.
-        want = f'sum(ponder_requests_total{{model_name="{MODEL}", outcome=~"stop|length"}})'
+        want = f'sum(ponder_requests_total{{model_name="{MODEL}"}})'
         seen = None
         while time.time() < deadline + 60:
             _, r = query(prom, want)
