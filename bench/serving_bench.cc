@@ -516,8 +516,8 @@ int RunKvMemory(const Flags& f, exec::cpu::CpuModel& model, const ponder::model:
   if (kv_list.empty()) kv_list = "full,compress-s" + std::to_string(c.n_layers_in_recurrent_block);
   const int64_t width = c.n_heads * c.head_dim;
   const int64_t slot_bytes = 2 * width * static_cast<int64_t>(sizeof(float));  // K and V
-  // Positions that fill every slot's capacity exactly (EnsureCapacity grows from 16 rows by
-  // doubling): bytes() / positions is then the exact cost of one cached token.
+  // Positions that fill every slot's pages exactly (a multiple of KvPagePool::kPageRows):
+  // bytes() / positions is then the exact cost of one cached token.
   int64_t positions = 16;
   while (positions * 2 < c.block_size) positions *= 2;
   std::vector<int32_t> ids(positions);
@@ -555,7 +555,7 @@ int RunKvMemory(const Flags& f, exec::cpu::CpuModel& model, const ponder::model:
 
   // Real runs: every item of the scenario workloads at fixed depth r through the batcher
   // (16 at a time), per strategy: the KV bytes each request holds when it completes
-  // (allocated capacity, SequenceCache::bytes()), summed, and the peak over the run.
+  // (whole pages, SequenceCache::bytes()), summed, and the peak over the run.
   auto protocol = ponder::model::ProtocolOf(*ckpt.tokenizer, "serving_bench");
   if (!protocol.ok()) return Fail(protocol.status());
   std::vector<exec::SequenceSpec> specs;
@@ -609,7 +609,8 @@ int RunKvMemory(const Flags& f, exec::cpu::CpuModel& model, const ponder::model:
     std::printf("%-16s %16lld %14llu %16llu %9.2fx\n", name.c_str(), (long long)cached,
                 (unsigned long long)sum, (unsigned long long)peak, first_sum / sum);
   }
-  std::printf("(bytes() counts allocated capacity: slots grow from 16 positions by doubling)\n");
+  std::printf("(bytes() counts whole pages of %lld positions per slot)\n",
+              (long long)exec::KvPagePool::kPageRows);
   return 0;
 }
 

@@ -37,7 +37,7 @@ struct DepthBatcher::Seq {
 };
 
 DepthBatcher::DepthBatcher(cpu::CpuModel& model, double (*now)())
-    : model_(model), now_(now != nullptr ? now : &MonotonicSeconds) {}
+    : model_(model), now_(now != nullptr ? now : &MonotonicSeconds), pool_(model.config().n_embd) {}
 
 DepthBatcher::~DepthBatcher() = default;
 
@@ -61,7 +61,7 @@ Result<DepthBatcher::Id> DepthBatcher::Add(SequenceSpec spec) {
     }
   }
   const KvStrategy kv = spec.options.kv;
-  auto q = std::make_unique<Seq>(std::move(spec), model_.NewCache(kv));
+  auto q = std::make_unique<Seq>(std::move(spec), model_.NewCache(kv, &pool_));
   q->rng = q->spec.options.seed ^ 0x5851f42d4c957f2dull;
   q->input = q->spec.prompt;
   const Id id = next_id_++;

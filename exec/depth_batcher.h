@@ -79,9 +79,11 @@ class DepthBatcher {
   // Elastic controls for a sequence (ignored for unknown ids).
   void SetControl(Id id, const SequenceControl& control);
 
-  // KV bytes held by one sequence and by all sequences.
+  // KV bytes held by one sequence and by all sequences (whole pages of the batcher's pool).
   uint64_t kv_bytes(Id id) const;
   uint64_t kv_bytes() const;
+  // The page pool every sequence's cache takes its pages from.
+  const KvPagePool& kv_pool() const { return pool_; }
   // Rows (sequences) that ran a core iteration in the last tick.
   int64_t last_tick_rows() const { return last_tick_rows_; }
 
@@ -102,6 +104,7 @@ class DepthBatcher {
 
   cpu::CpuModel& model_;
   double (*now_)();
+  KvPagePool pool_;  // before seqs_: outlives the caches
   Id next_id_ = 1;
   std::unordered_map<Id, std::unique_ptr<Seq>> seqs_;
   std::vector<Id> order_;     // ids in the order they were added (tick order)

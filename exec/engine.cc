@@ -613,6 +613,8 @@ EngineStats Engine::Stats() const {
   s.active = static_cast<int64_t>(impl_->running.size());
   if (s.active == 0) s.kv_bytes_used = 0;
   s.kv_bytes_reserved = impl_->kv_reserved;
+  s.kv_bytes_free =
+      s.kv_bytes_capacity > s.kv_bytes_reserved ? s.kv_bytes_capacity - s.kv_bytes_reserved : 0;
   return s;
 }
 

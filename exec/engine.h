@@ -121,8 +121,9 @@ struct EngineStats {
   int64_t active = 0;              // sequences in the batch
   int64_t waiting = 0;             // admitted to the queue, not yet running
   uint64_t kv_bytes_used = 0;      // held by the running sequences' caches
-  uint64_t kv_bytes_reserved = 0;  // reserved by admission
+  uint64_t kv_bytes_reserved = 0;  // reserved by admission (each sequence's worst case, exact)
   uint64_t kv_bytes_capacity = 0;
+  uint64_t kv_bytes_free = 0;   // capacity - reserved: what admission can still hand out
   int64_t last_batch_rows = 0;  // sequences in the last tick
   int64_t ticks = 0;
   int64_t completed = 0, cancelled = 0, rejected = 0;

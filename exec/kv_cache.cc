@@ -31,13 +31,80 @@ int64_t KvStrategy::CoreSlots(int64_t iterations, int64_t n_core) const {
   return kind == Kind::kFull ? steps : std::min(steps, ring);
 }
 
+KvPagePool::KvPagePool(int64_t width) : width_(width) {}
+KvPagePool::~KvPagePool() = default;
+
+float* KvPagePool::Take() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!free_.empty()) {
+    float* page = free_.back();
+    free_.pop_back();
+    return page;
+  }
+  pages_.push_back(std::make_unique<float[]>(static_cast<size_t>(2 * kPageRows * width_)));
+  return pages_.back().get();
+}
+
+void KvPagePool::Give(float* page) {
+  std::lock_guard<std::mutex> lock(mu_);
+  free_.push_back(page);
+}
+
+uint64_t KvPagePool::bytes_in_use() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return (pages_.size() - free_.size()) * page_bytes();
+}
+
+uint64_t KvPagePool::bytes_allocated() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return pages_.size() * page_bytes();
+}
+
+KvSlot::KvSlot(KvSlot&& o) noexcept
+    : length(o.length), pool_(o.pool_), width_(o.width_), pages_(std::move(o.pages_)) {
+  o.pages_.clear();
+  o.length = 0;
+}
+
+KvSlot& KvSlot::operator=(KvSlot&& o) noexcept {
+  if (this != &o) {
+    Release(0);
+    pool_ = o.pool_;
+    width_ = o.width_;
+    pages_ = std::move(o.pages_);
+    length = o.length;
+    o.pages_.clear();
+    o.length = 0;
+  }
+  return *this;
+}
+
+void KvSlot::Reserve(int64_t end) {
+  while (capacity() < end) pages_.push_back(pool_->Take());
+}
+
+void KvSlot::Release(int64_t rows) {
+  const size_t keep =
+      static_cast<size_t>((rows + KvPagePool::kPageRows - 1) / KvPagePool::kPageRows);
+  while (pages_.size() > keep) {
+    pool_->Give(pages_.back());
+    pages_.pop_back();
+  }
+  length = std::min(length, rows);
+}
+
 SequenceCache::SequenceCache(int64_t n_prelude, int64_t n_core, int64_t n_coda, int64_t width,
-                             KvStrategy strategy)
-    : n_core_(n_core), width_(width), strategy_(strategy), prelude_(n_prelude), coda_(n_coda) {}
+                             KvStrategy strategy, KvPagePool* pool)
+    : n_core_(n_core), width_(width), strategy_(strategy) {
+  if (pool == nullptr) own_pool_ = std::make_unique<KvPagePool>(width);
+  pool_ = pool != nullptr ? pool : own_pool_.get();
+  for (int64_t i = 0; i < n_prelude; ++i) prelude_.emplace_back(pool_);
+  for (int64_t i = 0; i < n_coda; ++i) coda_.emplace_back(pool_);
+}
 
 KvSlot& SequenceCache::Core(int64_t iteration, int64_t layer) {
   const int64_t slot = strategy_.CoreSlot(n_core_ * (iteration - 1) + layer);
-  if (slot >= static_cast<int64_t>(core_.size())) core_.resize(slot + 1);
+  while (static_cast<int64_t>(core_.size()) <= slot) core_.emplace_back(pool_);
   return core_[slot];
 }
 
@@ -55,39 +122,25 @@ int64_t SequenceCache::MinDepth(int64_t end) const {
 uint64_t SequenceCache::bytes() const {
   uint64_t n = 0;
   for (const auto* group : {&prelude_, &core_, &coda_}) {
-    for (const KvSlot& s : *group) n += (s.k.capacity() + s.v.capacity()) * sizeof(float);
+    for (const KvSlot& s : *group) n += s.bytes();
   }
   return n;
 }
 
 void SequenceCache::Truncate(int64_t n) {
   for (auto* group : {&prelude_, &core_, &coda_}) {
-    for (KvSlot& s : *group) s.length = std::min(s.length, n);
+    for (KvSlot& s : *group) s.Release(n);
   }
   tokens_ = std::min(tokens_, n);
   if (static_cast<int64_t>(depth_.size()) > n) depth_.resize(n);
 }
 
-namespace {
-constexpr int64_t kMinSlotRows = 16;  // a slot's first allocation, in positions
-}  // namespace
-
-void EnsureCapacity(KvSlot& slot, int64_t end, int64_t width) {
-  const size_t need = static_cast<size_t>(end * width);
-  if (slot.k.size() >= need) return;
-  size_t cap = std::max<size_t>(need, slot.k.size() * 2);
-  cap = std::max<size_t>(cap, static_cast<size_t>(kMinSlotRows * width));
-  slot.k.resize(cap);
-  slot.v.resize(cap);
-}
-
 uint64_t MaxSequenceBytes(int64_t n_prelude, int64_t n_core, int64_t n_coda, int64_t width,
                           const KvStrategy& strategy, int64_t max_iterations, int64_t positions) {
   const int64_t slots = n_prelude + n_coda + strategy.CoreSlots(max_iterations, n_core);
-  // Doubling never leaves a slot with more than twice the positions it holds.
-  const int64_t rows = std::max<int64_t>(kMinSlotRows, 2 * positions);
-  return static_cast<uint64_t>(slots) * static_cast<uint64_t>(rows) * static_cast<uint64_t>(width) *
-         2u * sizeof(float);
+  const int64_t pages = (positions + KvPagePool::kPageRows - 1) / KvPagePool::kPageRows;
+  return static_cast<uint64_t>(slots) * static_cast<uint64_t>(pages) *
+         static_cast<uint64_t>(KvPagePool::kPageRows * width) * 2u * sizeof(float);
 }
 
 }  // namespace ponder::exec

@@ -1,6 +1,8 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -24,19 +26,79 @@ struct KvStrategy {
   int64_t CoreSlots(int64_t iterations, int64_t n_core) const;
 };
 
-// Keys and values of one cache slot for one sequence: rows are token positions,
-// [capacity, width] f32 each (width = n_heads * head_dim).
-struct KvSlot {
-  std::vector<float> k, v;
-  int64_t length = 0;  // positions [0, length) are written
+// Fixed-size pages of keys and values: kPageRows positions of one cache slot, laid out
+// [2, kPageRows, width] f32 (the keys' rows, then the values'). A pool hands pages out and
+// takes them back; pages are reused and never returned to the system, so a serving
+// process's KV memory stays flat. Bytes are counted exactly: a sequence holds whole pages.
+// Thread-safe.
+class KvPagePool {
+ public:
+  static constexpr int64_t kPageRows = 16;
+
+  explicit KvPagePool(int64_t width);
+  ~KvPagePool();
+  KvPagePool(const KvPagePool&) = delete;
+  KvPagePool& operator=(const KvPagePool&) = delete;
+
+  int64_t width() const { return width_; }
+  uint64_t page_bytes() const {
+    return 2u * static_cast<uint64_t>(kPageRows * width_) * sizeof(float);
+  }
+  float* Take();
+  void Give(float* page);
+  uint64_t bytes_in_use() const;     // pages handed out
+  uint64_t bytes_allocated() const;  // pages in use or free for reuse
+
+ private:
+  int64_t width_;
+  mutable std::mutex mu_;
+  std::vector<float*> free_;
+  std::vector<std::unique_ptr<float[]>> pages_;
 };
 
-// The cache of one sequence: prelude slots, core slots (per strategy), coda slots.
-// Not thread-safe; a sequence is advanced by one caller at a time.
+// Keys and values of one cache slot for one sequence: a page table over a KvPagePool.
+// Row `pos` (width floats) lives in page pos / kPageRows. Move-only; its pages go back to
+// the pool when it is destroyed or truncated.
+class KvSlot {
+ public:
+  KvSlot() = default;
+  explicit KvSlot(KvPagePool* pool) : pool_(pool), width_(pool->width()) {}
+  KvSlot(KvSlot&& o) noexcept;
+  KvSlot& operator=(KvSlot&& o) noexcept;
+  ~KvSlot() { Release(0); }
+
+  float* K(int64_t pos) { return Row(pos, 0); }
+  float* V(int64_t pos) { return Row(pos, KvPagePool::kPageRows); }
+  const float* K(int64_t pos) const { return Row(pos, 0); }
+  const float* V(int64_t pos) const { return Row(pos, KvPagePool::kPageRows); }
+  // The page table (for kernels that walk a page at a time).
+  const std::vector<float*>& pages() const { return pages_; }
+  int64_t capacity() const { return static_cast<int64_t>(pages_.size()) * KvPagePool::kPageRows; }
+  uint64_t bytes() const { return pool_ ? pages_.size() * pool_->page_bytes() : 0; }
+
+  // Makes room for positions [0, end): takes pages from the pool.
+  void Reserve(int64_t end);
+  // Gives back the pages holding no position < rows.
+  void Release(int64_t rows);
+
+  int64_t length = 0;  // positions [0, length) are written
+
+ private:
+  float* Row(int64_t pos, int64_t half) const {
+    return pages_[pos / KvPagePool::kPageRows] + (half + pos % KvPagePool::kPageRows) * width_;
+  }
+  KvPagePool* pool_ = nullptr;
+  int64_t width_ = 0;
+  std::vector<float*> pages_;
+};
+
+// The cache of one sequence: prelude slots, core slots (per strategy), coda slots, their
+// pages from `pool` (shared by the sequences of a batcher), or from a pool of its own when
+// `pool` is null. Not thread-safe; a sequence is advanced by one caller at a time.
 class SequenceCache {
  public:
   SequenceCache(int64_t n_prelude, int64_t n_core, int64_t n_coda, int64_t width,
-                KvStrategy strategy);
+                KvStrategy strategy, KvPagePool* pool = nullptr);
 
   // Slot of a prelude layer, a core (iteration >= 1, layer) pair, or a coda layer.
   KvSlot& Prelude(int64_t layer) { return prelude_[layer]; }
@@ -60,26 +122,26 @@ class SequenceCache {
   void set_tokens(int64_t n) { tokens_ = n; }
   int64_t width() const { return width_; }
   const KvStrategy& strategy() const { return strategy_; }
-  // Bytes held by keys and values (allocated capacity).
+  // Bytes held by keys and values: the pages of every slot.
   uint64_t bytes() const;
-  // Drops every position >= n in every slot (used to roll back or reset).
+  // Drops every position >= n in every slot (used to roll back or reset); pages that hold
+  // no remaining position go back to the pool.
   void Truncate(int64_t n);
 
  private:
   int64_t n_core_;
   int64_t width_;
   KvStrategy strategy_;
+  std::unique_ptr<KvPagePool> own_pool_;  // declared before the slots: destroyed after them
+  KvPagePool* pool_;
   std::vector<KvSlot> prelude_, core_, coda_;
   std::vector<int32_t> depth_;
   int64_t tokens_ = 0;
 };
 
-// Makes room for positions [0, end) in a slot, growing geometrically.
-void EnsureCapacity(KvSlot& slot, int64_t end, int64_t width);
-
 // The most bytes a SequenceCache can hold for `positions` tokens run to at most
-// `max_iterations` (every slot grown by EnsureCapacity to its largest capacity for them):
-// what admission reserves for a request.
+// `max_iterations` (every slot with the pages of `positions` rows): what admission reserves
+// for a request, exactly what the cache holds when it runs that deep.
 uint64_t MaxSequenceBytes(int64_t n_prelude, int64_t n_core, int64_t n_coda, int64_t width,
                           const KvStrategy& strategy, int64_t max_iterations, int64_t positions);
 

@@ -39,12 +39,30 @@ double Uniform(uint64_t& state) {
 
 // One query row against keys/values [ctx, hd] with row stride ld: out[hd] =
 // softmax(q . k^T * scale) . v. Loops written for the vectoriser (omp simd).
-void AttendOne(const float* q, const float* k, const float* v, int64_t ld, int64_t hd, int64_t ctx,
-               float scale, std::vector<float>& scores, float* out) {
+// Rows of keys or values, one pointer per position: a contiguous [ctx, ld] buffer, or a
+// slot's pages. Both give the same numbers to AttendOne (it reads them in position order).
+struct ContiguousRows {
+  const float* base;
+  int64_t ld;
+  const float* operator()(int64_t p) const { return base + p * ld; }
+};
+struct PagedRows {
+  const float* const* pages;
+  int64_t width;   // floats per row
+  int64_t offset;  // the head's first column (+ kPageRows * width for values)
+  const float* operator()(int64_t p) const {
+    return pages[p / KvPagePool::kPageRows] + (p % KvPagePool::kPageRows) * width + offset;
+  }
+};
+
+// One decode query against ctx keys and values of one head.
+template <typename Rows>
+void AttendOne(const float* q, const Rows& k, const Rows& v, int64_t hd, int64_t ctx, float scale,
+               std::vector<float>& scores, float* out) {
   scores.resize(ctx);
   float mx = -INFINITY;
   for (int64_t p = 0; p < ctx; ++p) {
-    const float* kp = k + p * ld;
+    const float* kp = k(p);
     float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
     for (int64_t i = 0; i < hd; ++i) dot += q[i] * kp[i];
@@ -59,7 +77,7 @@ void AttendOne(const float* q, const float* k, const float* v, int64_t ld, int64
   const float inv = 1.0f / sum;
   std::fill(out, out + hd, 0.0f);
   for (int64_t p = 0; p < ctx; ++p) {
-    const float* vp = v + p * ld;
+    const float* vp = v(p);
     const float w = scores[p] * inv;
 #pragma omp simd
     for (int64_t i = 0; i < hd; ++i) out[i] += w * vp[i];
@@ -95,10 +113,10 @@ CpuModel::CpuModel(const model::Config& config, const model::Weights& weights, T
   }
 }
 
-std::unique_ptr<SequenceCache> CpuModel::NewCache(KvStrategy strategy) const {
+std::unique_ptr<SequenceCache> CpuModel::NewCache(KvStrategy strategy, KvPagePool* pool) const {
   return std::make_unique<SequenceCache>(config_.n_layers_in_prelude,
                                          config_.n_layers_in_recurrent_block,
-                                         config_.n_layers_in_coda, d_, strategy);
+                                         config_.n_layers_in_coda, d_, strategy, pool);
 }
 
 Status CpuModel::Prelude(std::span<const Chunk> chunks, std::span<const int32_t> tokens, float* e) {
@@ -272,7 +290,7 @@ void CpuModel::Attention(std::span<const Chunk> chunks, std::span<KvSlot* const>
   for (size_t b = 0; b < chunks.size(); ++b) {
     const Chunk& c = chunks[b];
     KvSlot& slot = *slots[b];
-    EnsureCapacity(slot, c.pos + c.count, d_);
+    slot.Reserve(c.pos + c.count);
     slot.length = std::max(slot.length, c.pos + c.count);
     for (int64_t t = 0; t < c.count; ++t, ++row) {
       float* q = qkv + row * ld;
@@ -293,36 +311,35 @@ void CpuModel::Attention(std::span<const Chunk> chunks, std::span<KvSlot* const>
           }
         }
       }
-      std::memcpy(&slot.k[(c.pos + t) * d_], k, d_ * sizeof(float));
-      std::memcpy(&slot.v[(c.pos + t) * d_], v, d_ * sizeof(float));
+      std::memcpy(slot.K(c.pos + t), k, d_ * sizeof(float));
+      std::memcpy(slot.V(c.pos + t), v, d_ * sizeof(float));
     }
   }
   // Causal attention per (chunk, head): the query at position p sees keys 0..p.
   std::vector<int64_t> offsets(chunks.size() + 1, 0);
   for (size_t b = 0; b < chunks.size(); ++b) offsets[b + 1] = offsets[b] + chunks[b].count;
-  // Keys and values per chunk: the slot itself, or, in a core layer where some earlier
-  // token stopped iterating before this iteration, rows gathered from that token's last
-  // iteration of the same layer.
-  std::vector<const float*> keys(chunks.size()), values(chunks.size());
+  // Keys and values per chunk. A decode row (count 1) reads the slot's pages in place. A
+  // prefill chunk, and a core layer where some earlier token stopped iterating before this
+  // iteration, read a contiguous copy: the slot's rows, or for such a token its rows from its
+  // last iteration of the same layer.
+  std::vector<const float*> keys(chunks.size(), nullptr), values(chunks.size(), nullptr);
   gathered_k_.resize(chunks.size());
   gathered_v_.resize(chunks.size());
   for (size_t b = 0; b < chunks.size(); ++b) {
     const Chunk& c = chunks[b];
-    keys[b] = slots[b]->k.data();
-    values[b] = slots[b]->v.data();
-    if (core_layer_ < 0 || c.pos == 0) continue;
-    const int64_t it = core_iterations_[b];
-    if (c.cache->MinDepth(c.pos) >= it) continue;
+    const int64_t it = core_layer_ >= 0 ? core_iterations_[b] : 0;
+    const bool gap = core_layer_ >= 0 && c.pos > 0 && c.cache->MinDepth(c.pos) < it;
+    if (c.count == 1 && !gap) continue;
     const int64_t ctx = c.pos + c.count;
     auto& gk = gathered_k_[b];
     auto& gv = gathered_v_[b];
     gk.resize(ctx * d_);
     gv.resize(ctx * d_);
     for (int64_t p = 0; p < ctx; ++p) {
-      const int64_t from = p < c.pos ? std::min(it, c.cache->depth(p)) : it;
-      const KvSlot& src = from == it ? *slots[b] : c.cache->Core(from, core_layer_);
-      std::memcpy(&gk[p * d_], &src.k[p * d_], d_ * sizeof(float));
-      std::memcpy(&gv[p * d_], &src.v[p * d_], d_ * sizeof(float));
+      const int64_t from = gap && p < c.pos ? std::min(it, c.cache->depth(p)) : it;
+      const KvSlot& src = !gap || from == it ? *slots[b] : c.cache->Core(from, core_layer_);
+      std::memcpy(&gk[p * d_], src.K(p), d_ * sizeof(float));
+      std::memcpy(&gv[p * d_], src.V(p), d_ * sizeof(float));
     }
     keys[b] = gk.data();
     values[b] = gv.data();
@@ -343,16 +360,25 @@ void CpuModel::Attention(std::span<const Chunk> chunks, std::span<KvSlot* const>
       const Chunk& c = chunks[b];
       const int64_t ctx = c.pos + c.count;  // keys visible to the last new row
       // Q [count, hd], K and V [ctx, hd]: views with row strides into qkv and the slot.
-      ConstStrided q(qkv + offsets[b] * ld + h * head_dim_, c.count, head_dim_,
-                     Eigen::OuterStride<>(ld));
-      ConstStrided k(keys[b] + h * head_dim_, ctx, head_dim_, Eigen::OuterStride<>(d_));
-      ConstStrided v(values[b] + h * head_dim_, ctx, head_dim_, Eigen::OuterStride<>(d_));
+      const float* qrow = qkv + offsets[b] * ld + h * head_dim_;
       if (c.count == 1) {  // decode: one query, plain vector loops (no GEMV overhead)
-        AttendOne(q.data(), keys[b] + h * head_dim_, values[b] + h * head_dim_, d_, head_dim_, ctx,
-                  scale, scores, out + offsets[b] * d_ + h * head_dim_);
+        float* o = out + offsets[b] * d_ + h * head_dim_;
+        if (keys[b] != nullptr) {
+          AttendOne(qrow, ContiguousRows{keys[b] + h * head_dim_, d_},
+                    ContiguousRows{values[b] + h * head_dim_, d_}, head_dim_, ctx, scale, scores,
+                    o);
+        } else {
+          const float* const* pages = slots[b]->pages().data();
+          AttendOne(qrow, PagedRows{pages, d_, h * head_dim_},
+                    PagedRows{pages, d_, KvPagePool::kPageRows * d_ + h * head_dim_}, head_dim_,
+                    ctx, scale, scores, o);
+        }
         if (MaddCounterEnabled()) CountAttentionMadds(2 * ctx * head_dim_);
         continue;
       }
+      ConstStrided q(qrow, c.count, head_dim_, Eigen::OuterStride<>(ld));
+      ConstStrided k(keys[b] + h * head_dim_, ctx, head_dim_, Eigen::OuterStride<>(d_));
+      ConstStrided v(values[b] + h * head_dim_, ctx, head_dim_, Eigen::OuterStride<>(d_));
       probs.resize(c.count, ctx);
       probs.noalias() = q * k.transpose();
       // Row t is the query at position pos + t: causal (lower-right) mask, softmax.

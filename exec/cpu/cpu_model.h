@@ -23,7 +23,7 @@ struct Chunk {
 
 // The Huginn forward pass (reference/huginn.md §3) on the CPU, phase by phase, for a
 // batch of sequences of different lengths and, in CoreStep, different depths. The model
-// does not own the weights (they usually point into the mmapped checkpoint) nor the pool.
+// does not own the weights (they usually point into the loaded checkpoint) nor the pool.
 // Not thread-safe: one caller drives a CpuModel at a time (it reuses scratch buffers).
 //
 // Shapes: N = total new rows of the call, d = n_embd, V = padded_vocab_size.
@@ -72,7 +72,9 @@ class CpuModel {
   bool batch_invariant() const { return batch_invariant_; }
 
   // A fresh cache for one sequence.
-  std::unique_ptr<SequenceCache> NewCache(KvStrategy strategy = {}) const;
+  // A cache for this model; its pages come from `pool` (null: a pool of its own).
+  std::unique_ptr<SequenceCache> NewCache(KvStrategy strategy = {},
+                                          KvPagePool* pool = nullptr) const;
 
  private:
   void Lin(const float* x, int64_t n, int64_t ldx, const TensorView& w, float* y, int64_t ldy);

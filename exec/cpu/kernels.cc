@@ -5,7 +5,7 @@
 //
 // Linear has two regimes:
 //   n <= kMaxStreamingBatch: weight rows are streamed once from their storage (the
-//     mmapped checkpoint), widened to f32 in registers and multiplied with up to
+//     loaded checkpoint), widened to f32 in registers and multiplied with up to
 //     kMaxGemvRows rows of x while they are in registers (larger batches revisit a block
 //     of rows from L2). Batch-1 decode is bound by memory bandwidth, so the kernel only has
 //     to keep the loads flowing: several weight rows per pass share each x load, and the

@@ -50,7 +50,7 @@ void ThreadPool::ParallelFor(int64_t n, int64_t grain, F&& body) {
 }
 
 // y[n, out] = x[n, in] . w[out, in]^T  (torch Linear layout, no bias).
-// `w` is a 2-D F32, BF16 or F16 view (read in place, e.g. from the mmapped checkpoint;
+// `w` is a 2-D F32, BF16 or F16 view (read in place, e.g. from the loaded checkpoint;
 // 16-bit weights are converted exactly to f32). x and y are f32 row-major with row
 // strides ldx and ldy (elements). `pool` may be null (single thread). y must not alias x.
 void Linear(const float* x, int64_t n, int64_t ldx, const TensorView& w, float* y, int64_t ldy,

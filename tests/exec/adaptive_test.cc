@@ -48,9 +48,11 @@ TEST(KvLookupTest, ShallowTokensAreReadFromTheirLastIteration) {
     for (int64_t l = 0; l < core; ++l) {
       KvSlot& dst = filled->Core(it, l);
       const KvSlot& src = filled->Core(2, l);
-      EnsureCapacity(dst, 5, d);
-      std::copy(src.k.begin(), src.k.begin() + 5 * d, dst.k.begin());
-      std::copy(src.v.begin(), src.v.begin() + 5 * d, dst.v.begin());
+      dst.Reserve(5);
+      for (int64_t p = 0; p < 5; ++p) {
+        std::copy(src.K(p), src.K(p) + d, dst.K(p));
+        std::copy(src.V(p), src.V(p) + d, dst.V(p));
+      }
       dst.length = 5;
     }
   }

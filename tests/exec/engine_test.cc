@@ -146,7 +146,13 @@ TEST(EngineTest, CancelEndsTheRequestAndFreesItsCache) {
   auto h = (*engine)->Submit(req, [&](const TokenEvent&) { ++seen; });
   ASSERT_TRUE(h.ok());
   while (seen.load() < 2) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  EXPECT_GT((*engine)->Stats().kv_bytes_reserved, 0u);
+  const EngineStats during = (*engine)->Stats();
+  EXPECT_GT(during.kv_bytes_reserved, 0u);
+  // Held: whole pages (16 positions x K and V of width 128 in f32), within the reservation.
+  EXPECT_GT(during.kv_bytes_used, 0u);
+  EXPECT_EQ(during.kv_bytes_used % (2 * KvPagePool::kPageRows * 128 * sizeof(float)), 0u);
+  EXPECT_LE(during.kv_bytes_used, during.kv_bytes_reserved);
+  EXPECT_EQ(during.kv_bytes_free, during.kv_bytes_capacity - during.kv_bytes_reserved);
   EXPECT_TRUE((*engine)->Cancel(h->id));
   auto r = h->result.get();
   ASSERT_TRUE(r.ok());
@@ -157,6 +163,7 @@ TEST(EngineTest, CancelEndsTheRequestAndFreesItsCache) {
   EXPECT_EQ(s.active, 0);
   EXPECT_EQ(s.kv_bytes_used, 0u);
   EXPECT_EQ(s.kv_bytes_reserved, 0u);
+  EXPECT_EQ(s.kv_bytes_free, s.kv_bytes_capacity);
   EXPECT_EQ(s.cancelled, 1);
   EXPECT_FALSE((*engine)->Cancel(h->id));
 }

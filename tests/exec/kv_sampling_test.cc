@@ -29,11 +29,42 @@ TEST(KvStrategyTest, ParsesFullAndCompress) {
 }
 
 TEST(SequenceCacheTest, SlotsFollowTheStrategyAndBytesAreCounted) {
-  SequenceCache full(1, 3, 2, 8, KvStrategy{});
-  EXPECT_EQ(full.bytes(), 0u);
-  EnsureCapacity(full.Core(2, 1), 5, 8);  // core step index 3 * 1 + 1 = 4
-  EXPECT_NE(&full.Core(2, 1), &full.Core(1, 1));
-  EXPECT_GE(full.bytes(), 2u * 5 * 8 * sizeof(float));
+  KvPagePool pool(8);
+  const uint64_t page = 2u * KvPagePool::kPageRows * 8 * sizeof(float);
+  EXPECT_EQ(pool.page_bytes(), page);
+  {
+    SequenceCache full(1, 3, 2, 8, KvStrategy{}, &pool);
+    EXPECT_EQ(full.bytes(), 0u);
+    full.Core(2, 1).Reserve(5);  // core step index 3 * 1 + 1 = 4: one page
+    EXPECT_NE(&full.Core(2, 1), &full.Core(1, 1));
+    EXPECT_EQ(full.bytes(), page);
+    EXPECT_EQ(pool.bytes_in_use(), page);
+    full.Prelude(0).Reserve(KvPagePool::kPageRows + 1);  // two pages
+    EXPECT_EQ(full.bytes(), 3 * page);
+    EXPECT_EQ(full.bytes(), pool.bytes_in_use());
+    // Rows live in their pages: K and V of a position are distinct, writable rows.
+    KvSlot& s = full.Prelude(0);
+    for (int64_t p = 0; p <= KvPagePool::kPageRows; ++p) {
+      s.K(p)[0] = static_cast<float>(p);
+      s.V(p)[7] = static_cast<float>(-p);
+    }
+    for (int64_t p = 0; p <= KvPagePool::kPageRows; ++p) {
+      EXPECT_EQ(s.K(p)[0], static_cast<float>(p));
+      EXPECT_EQ(s.V(p)[7], static_cast<float>(-p));
+    }
+    full.Truncate(3);  // the prelude's second page goes back
+    EXPECT_EQ(full.bytes(), 2 * page);
+    EXPECT_EQ(pool.bytes_in_use(), 2 * page);
+  }
+  // A finished sequence gives every page back; the pool keeps them for reuse.
+  EXPECT_EQ(pool.bytes_in_use(), 0u);
+  EXPECT_EQ(pool.bytes_allocated(), 3 * page);
+  SequenceCache again(1, 3, 2, 8, KvStrategy{}, &pool);
+  again.Coda(1).Reserve(1);
+  EXPECT_EQ(pool.bytes_allocated(), 3 * page);  // reused, not allocated
+  // The worst case admission reserves is what a cache that deep holds.
+  const uint64_t worst = MaxSequenceBytes(1, 3, 2, 8, KvStrategy{}, 2, 17);
+  EXPECT_EQ(worst, (1 + 2 + 3 * 2) * 2 * page);
   auto ring = KvStrategy::Parse("compress-s3");
   SequenceCache shared(1, 3, 2, 8, *ring);
   EXPECT_EQ(&shared.Core(1, 0), &shared.Core(2, 0));  // one slot per physical layer

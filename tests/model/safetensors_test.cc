@@ -90,7 +90,7 @@ TEST(SafetensorsTest, ReadsF32Bf16F16) {
   EXPECT_EQ(store->Find("zzz"), nullptr);
   EXPECT_EQ(store->FileOf("a"), path);
   EXPECT_EQ(store->FileOf("zzz"), "");
-  EXPECT_EQ(store->mapped_bytes(), f.file_bytes());
+  EXPECT_EQ(store->loaded_bytes(), f.file_bytes());
 }
 
 TEST(SafetensorsTest, OpenFileStore) {
