@@ -25,7 +25,7 @@ void AddServeCommand(CLI::App& app, int& exit_code) {
     std::string dir, host = "127.0.0.1", api_keys, admin_key;
     std::vector<std::string> profiles;
     int port = 8000, max_active = 32, max_queue = 256, threads = 0, http_threads = 0;
-    int max_prompt_tokens = 0, max_tokens = 0, max_streams_per_tenant = 0;
+    int max_prompt_tokens = 0, max_tokens = 0, max_streams_per_tenant = 0, prefill_chunk = 512;
     uint64_t kv_budget_mb = 1024, max_body_bytes = 1 << 20;
   };
   auto a = std::make_shared<Args>();
@@ -64,6 +64,9 @@ void AddServeCommand(CLI::App& app, int& exit_code) {
   cmd->add_option("--max-streams-per-tenant", a->max_streams_per_tenant,
                   "Streaming requests open at once per tenant; beyond: 429 (0: no limit)")
       ->check(CLI::Range(0, 1 << 20));
+  cmd->add_option("--prefill-chunk", a->prefill_chunk,
+                  "Prefill prompts longer than this in chunks of this many tokens (0: whole)")
+      ->check(CLI::Range(0, 1 << 24));
   cmd->callback([a, &exit_code] {
     spdlog::set_default_logger(spdlog::stderr_color_mt("ponder-serve"));
     server::ServerOptions o;
@@ -75,6 +78,7 @@ void AddServeCommand(CLI::App& app, int& exit_code) {
     o.engine.kv_budget_bytes = a->kv_budget_mb << 20;
     o.engine.max_prompt_tokens = a->max_prompt_tokens;
     o.engine.max_new_tokens = a->max_tokens;
+    o.engine.prefill_chunk_tokens = a->prefill_chunk;
     o.host = a->host;
     o.port = a->port;
     o.admin_key = a->admin_key;

@@ -85,7 +85,7 @@ void AddInspectCommand(CLI::App& app, int& exit_code) {
     out["params_unique"] = c.UniqueParams();
     out["params_unrolled"] = c.UnrolledParams(r);
     out["weight_bytes"] = w.weight_bytes;
-    out["file_bytes"] = (*ckpt)->store.mapped_bytes();
+    out["file_bytes"] = (*ckpt)->store.loaded_bytes();
     out["ignored_tensors"] = w.ignored;
     // The runtime caches keys and values in f32: 2 x n_embd x 4 bytes per slot per token.
     const int64_t slot_bytes = 2 * c.n_embd * 4;
@@ -116,7 +116,7 @@ void AddInspectCommand(CLI::App& app, int& exit_code) {
     std::printf("parameters   %lld unique, %lld unrolled at r=%lld\n", (long long)c.UniqueParams(),
                 (long long)c.UnrolledParams(r), (long long)r);
     std::printf("weights      %s used, %s in files\n", HumanBytes(w.weight_bytes).c_str(),
-                HumanBytes((*ckpt)->store.mapped_bytes()).c_str());
+                HumanBytes((*ckpt)->store.loaded_bytes()).c_str());
     if (!w.ignored.empty()) {
       std::printf("ignored      ");
       for (const auto& n : w.ignored) std::printf("%s ", n.c_str());

@@ -41,9 +41,22 @@ struct TokenTrace {
   bool logits_from_check = false;
 };
 
+// One chunk of a prompt prefilled in several passes (DepthBatcher::set_prefill_chunk): its
+// rows, the iterations it ran, and its checks. The last chunk's pass produced tokens[0].
+struct PrefillChunk {
+  int64_t rows = 0;
+  int64_t steps = 0;
+  int32_t latent_checks = 0;
+  int32_t logit_checks = 0;
+  bool logits_from_check = false;
+};
+
 struct AdaptiveResult {
   std::vector<TokenTrace> tokens;
   int64_t prompt_steps = 0;  // iterations of the prefill (all prompt rows together)
+  // The prompt's chunks before the last, when the prompt was prefilled in chunks (empty
+  // otherwise); tokens[0] is the last chunk's pass.
+  std::vector<PrefillChunk> prefill_chunks;
   policy::CheckCounts checks;
   // "stop" (a stop id), "length" (max_tokens or the context) or "deadline" (a token exited
   // on the plan's deadline: the sequence ends with what it has).

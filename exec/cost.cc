@@ -33,11 +33,24 @@ telemetry::ModelDims DimsOf(const model::Config& config, const model::Weights& w
 
 std::vector<telemetry::PassWork> PassesOf(const exec::AdaptiveResult& result, int64_t prompt_rows) {
   std::vector<telemetry::PassWork> passes;
+  // A prompt prefilled in chunks: a pass per chunk before the last.
+  int64_t position = 0;
+  for (const exec::PrefillChunk& c : result.prefill_chunks) {
+    telemetry::PassWork p;
+    p.position = position;
+    p.rows = c.rows;
+    p.steps = c.steps;
+    p.latent_checks = c.latent_checks;
+    p.logit_checks = c.logit_checks;
+    p.output_from_check = c.logits_from_check;
+    passes.push_back(p);
+    position += c.rows;
+  }
   for (size_t i = 0; i < result.tokens.size(); ++i) {
     const exec::TokenTrace& t = result.tokens[i];
     telemetry::PassWork p;
-    p.position = i == 0 ? 0 : prompt_rows + static_cast<int64_t>(i) - 1;
-    p.rows = i == 0 ? prompt_rows : 1;
+    p.position = i == 0 ? position : prompt_rows + static_cast<int64_t>(i) - 1;
+    p.rows = i == 0 ? prompt_rows - position : 1;
     p.steps = t.steps;
     p.latent_checks = t.latent_checks;
     p.logit_checks = t.logit_checks;

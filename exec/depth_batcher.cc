@@ -20,6 +20,7 @@ struct DepthBatcher::Seq {
   SequenceControl control;
   uint64_t rng = 0;
   std::vector<int32_t> input;     // the rows of the next token (the prompt, then one id)
+  std::vector<int32_t> pending;   // prompt rows of later prefill chunks (chunked prefill)
   std::vector<float> e, s, warm;  // [rows, d] of the current token; warm: [d]
   int64_t pos = 0;                // position of the current token's first row
   int64_t rows = 0;
@@ -64,6 +65,10 @@ Result<DepthBatcher::Id> DepthBatcher::Add(SequenceSpec spec) {
   auto q = std::make_unique<Seq>(std::move(spec), model_.NewCache(kv, &pool_));
   q->rng = q->spec.options.seed ^ 0x5851f42d4c957f2dull;
   q->input = q->spec.prompt;
+  if (prefill_chunk_ > 0 && static_cast<int64_t>(q->input.size()) > prefill_chunk_) {
+    q->pending.assign(q->input.begin() + prefill_chunk_, q->input.end());
+    q->input.resize(prefill_chunk_);
+  }
   const Id id = next_id_++;
   q->id = id;
   seqs_.emplace(id, std::move(q));
@@ -151,12 +156,42 @@ Status DepthBatcher::StartTokens(std::vector<Seq*>& starting) {
   return Status::Ok();
 }
 
+void DepthBatcher::Finish(Seq& q) {
+  q.done = true;
+  --active_;
+  finished_.push_back(q.id);
+  q.result.checks = q.controller.total_counts();
+  q.result.kv_bytes = q.cache->bytes();
+  q.e.clear();
+  q.s.clear();
+}
+
 void DepthBatcher::EmitToken(Seq& q, const float* logits) {
   const model::Config& cfg = model_.config();
   const int64_t d = cfg.n_embd;
   const auto vocab = static_cast<size_t>(cfg.vocab_size);
   if (q.spec.plan.warm_start) q.warm.assign(q.last_row(), q.last_row() + d);
-  if (q.result.tokens.empty()) q.result.prompt_steps = q.step;
+  if (!q.pending.empty() && q.decision.reason != policy::ExitReason::kDeadline) {
+    // A prompt chunk before the last: its keys and values are cached; no token. The next
+    // chunk starts at the next tick.
+    const policy::CheckCounts& c = q.controller.token_counts();
+    q.result.prefill_chunks.push_back({q.rows, q.step, static_cast<int32_t>(c.latent_checks),
+                                       static_cast<int32_t>(c.logit_checks), q.logits_from_check});
+    q.result.prompt_steps += q.step;
+    q.result.prefill_seconds +=
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - q.t0).count();
+    const size_t take = std::min<size_t>(q.pending.size(), static_cast<size_t>(prefill_chunk_));
+    q.input.assign(q.pending.begin(), q.pending.begin() + take);
+    q.pending.erase(q.pending.begin(), q.pending.begin() + take);
+    q.starting = true;
+    return;
+  }
+  if (!q.pending.empty()) {  // over its deadline inside the prompt: ends with no token
+    q.result.finish_reason = "deadline";
+    Finish(q);
+    return;
+  }
+  if (q.result.tokens.empty()) q.result.prompt_steps += q.step;
   const int32_t next =
       Sample(std::span<const float>(logits, vocab), q.spec.options.sampling, q.rng);
   const double secs =
@@ -177,13 +212,7 @@ void DepthBatcher::EmitToken(Seq& q, const float* logits) {
     q.result.finish_reason = "length";
   }
   if (!q.result.finish_reason.empty()) {
-    q.done = true;
-    --active_;
-    finished_.push_back(q.id);
-    q.result.checks = q.controller.total_counts();
-    q.result.kv_bytes = q.cache->bytes();
-    q.e.clear();
-    q.s.clear();
+    Finish(q);
     return;
   }
   q.input.assign(1, next);
@@ -208,6 +237,7 @@ Status DepthBatcher::Tick() {
     starting.clear();
   }
   last_tick_rows_ = 0;
+  last_tick_tokens_ = 0;
   if (run.empty()) return Status::Ok();
   PONDER_RETURN_IF_ERROR(StartTokens(starting));
 
@@ -229,6 +259,7 @@ Status DepthBatcher::Tick() {
     row += q->rows;
   }
   model_.CoreStep(chunks_, iterations_, e_.data(), s_.data());
+  last_tick_tokens_ = n;
   row = 0;
   for (Seq* q : run) {
     std::memcpy(q->s.data(), &s_[row * d], q->rows * d * sizeof(float));

@@ -97,10 +97,26 @@ class DepthBatcher {
   void set_lockstep(bool on) { lockstep_ = on; }
   bool lockstep() const { return lockstep_; }
 
+  // Chunked prefill (0, the default: off): a prompt longer than `rows` tokens is prefilled
+  // in passes of at most `rows` rows, so that a tick carries at most that many prompt rows
+  // of a sequence and decodes running beside a long prompt are not held up by it. Each chunk
+  // is a pass like a token's (prelude, core iterations until its last row exits by the plan,
+  // coda for every row, which writes its keys and values); only the last chunk's output is
+  // sampled. Later chunks read earlier ones through the cache as later tokens do (a chunk
+  // that stopped sooner is read at its last iteration). At a fixed depth the result equals
+  // the unchunked prefill; with per-token exits each chunk exits on its own last row, so the
+  // chunk size is part of what determines the outputs (a sequence's result never depends on
+  // its neighbours either way). Applies to sequences added afterwards.
+  void set_prefill_chunk(int64_t rows) { prefill_chunk_ = rows; }
+  int64_t prefill_chunk() const { return prefill_chunk_; }
+  // Rows (tokens) that ran the last tick's core iteration, over all its sequences.
+  int64_t last_tick_tokens() const { return last_tick_tokens_; }
+
  private:
   struct Seq;
   [[nodiscard]] Status StartTokens(std::vector<Seq*>& starting);
   void EmitToken(Seq& q, const float* logits);
+  void Finish(Seq& q);  // done, with its result
 
   cpu::CpuModel& model_;
   double (*now_)();
@@ -111,7 +127,9 @@ class DepthBatcher {
   std::vector<Id> finished_;  // finishing order
   int64_t active_ = 0;
   int64_t last_tick_rows_ = 0;
+  int64_t last_tick_tokens_ = 0;
   bool lockstep_ = false;
+  int64_t prefill_chunk_ = 0;
   // Scratch of the batched calls.
   std::vector<float> e_, s_, logits_;
   std::vector<cpu::Chunk> chunks_;

@@ -127,7 +127,7 @@ struct Engine::Impl {
     for (size_t i = 0; i < g.tokens.size(); ++i) {
       u.token_steps.push_back(g.tokens[i].steps);
       if (i == 0) {
-        u.prompt_steps = g.tokens[i].steps;
+        u.prompt_steps = r != nullptr ? r->prompt_steps : g.tokens[i].steps;
       } else {
         u.steps_total += g.tokens[i].steps;
       }
@@ -139,6 +139,7 @@ struct Engine::Impl {
     u.mean_steps_per_token = g.tokens.empty() ? 0.0 : static_cast<double>(all) / g.tokens.size();
     AdaptiveResult shaped;
     shaped.tokens = g.tokens;
+    if (r != nullptr) shaped.prefill_chunks = r->prefill_chunks;
     const auto passes = PassesOf(shaped, p.prompt_tokens);
     const telemetry::RequestCost rc = cost->Request(passes);
     u.flops = rc.total().flops;
@@ -280,6 +281,7 @@ Result<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& options) {
   impl->model =
       std::make_unique<cpu::CpuModel>(impl->ckpt->config, impl->ckpt->weights, impl->pool.get());
   impl->batcher = std::make_unique<DepthBatcher>(*impl->model);
+  impl->batcher->set_prefill_chunk(options.prefill_chunk_tokens);
   impl->stats.kv_bytes_capacity = options.kv_budget_bytes;
   impl->PublishState();
   Impl* raw = impl.get();

@@ -47,6 +47,9 @@ struct EngineOptions {
   bool elastic_depth = true;
   int max_prompt_tokens = 0;  // 0: the model's context minus one
   int max_new_tokens = 0;     // hard cap on a request's max_tokens (0: the context)
+  // Prompts longer than this are prefilled in chunks of this many tokens, so that running
+  // decodes are not held up by a long prompt (0: never; see DepthBatcher::set_prefill_chunk).
+  int prefill_chunk_tokens = 512;
   // Where telemetry goes (e.g. a telemetry::PrometheusSink); null: nowhere. It sees every
   // profile as loaded, every request as it ends (rejections included), every tick, the
   // scheduler's state and the tenants' remaining budgets.

@@ -121,8 +121,8 @@ def kv_admission(s):
                        auth("acme"))
     check("KV beyond the whole budget: 400 kv_budget_exceeded",
           st == 400 and body(text)["error"]["code"] == "kv_budget_exceeded", (st, text[:300]))
-    # Each fits alone (184 MB reserved at 700 steps: 1402 slots x 2 x 64 positions x 1 KiB),
-    # two do not: queued, then served.
+    # Each reserves 92 MB at 700 steps (1402 slots x 4 pages of 16 positions x 16 KiB): two
+    # fit in the budget at once, the third waits for one of them, then all are served.
     results = []
 
     def one():

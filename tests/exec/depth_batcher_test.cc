@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "exec/cost.h"
 #include "model/checkpoint.h"
 
 namespace ponder::exec {
@@ -364,6 +365,101 @@ TEST_F(DepthBatcherTest, LockstepGivesTheSameTokensInAtLeastAsManyTicks) {
   }
   EXPECT_EQ(normal.ticks, longest);
   EXPECT_EQ(lockstep.ticks, lockstep_ticks);
+}
+
+}  // namespace
+}  // namespace ponder::exec
+
+namespace ponder::exec {
+namespace {
+
+// Runs specs through one batcher (all added at once) and returns their results in order.
+std::vector<AdaptiveResult> RunAll(DepthBatcher& batcher, const std::vector<SequenceSpec>& specs,
+                                   int64_t* max_tick_tokens = nullptr) {
+  std::vector<DepthBatcher::Id> ids;
+  for (const SequenceSpec& s : specs) {
+    auto id = batcher.Add(s);
+    EXPECT_TRUE(id.ok()) << id.status().ToString();
+    ids.push_back(id.ok() ? *id : 0);
+  }
+  while (batcher.active() > 0) {
+    EXPECT_TRUE(batcher.Tick().ok());
+    if (max_tick_tokens) *max_tick_tokens = std::max(*max_tick_tokens, batcher.last_tick_tokens());
+  }
+  std::vector<AdaptiveResult> out;
+  for (DepthBatcher::Id id : ids) {
+    auto r = batcher.TakeResult(id);
+    EXPECT_TRUE(r.ok());
+    out.push_back(r.ok() ? std::move(*r) : AdaptiveResult{});
+  }
+  return out;
+}
+
+// Chunked prefill at a fixed depth gives the unchunked result: every chunk runs the same
+// iterations, and its rows see the same keys at each iteration.
+TEST_F(DepthBatcherTest, ChunkedPrefillAtFixedDepthEqualsTheWholePrompt) {
+  cpu::CpuModel model(ckpt_->config, ckpt_->weights, nullptr);
+  std::vector<SequenceSpec> specs;
+  for (const char* prompt : {"+8*3*7+6+7+7+4+3+0+3+1=", "+1*3+5+2*7+4+4*9=", "z6v0l0n2c2?v"}) {
+    specs.push_back(Spec({prompt, ExitRule::kNone, 0, 12, 12, 1, 1, false, "full"}, 7));
+  }
+  DepthBatcher whole(model);
+  const auto want = RunAll(whole, specs);
+  DepthBatcher chunked(model);
+  chunked.set_prefill_chunk(5);
+  const auto got = RunAll(chunked, specs);
+  for (size_t i = 0; i < specs.size(); ++i) {
+    // prompt_steps counts every chunk's iterations; the rest must be the same.
+    AdaptiveResult same = got[i];
+    same.prompt_steps = got[i].tokens.at(0).steps;
+    ExpectSame(want[i], same, "fixed depth, sequence " + std::to_string(i));
+    // Prompts of 13 to 25 tokens in chunks of 5: every chunk but the last is listed.
+    const int64_t rows = static_cast<int64_t>(specs[i].prompt.size());
+    EXPECT_EQ(static_cast<int64_t>(got[i].prefill_chunks.size()), (rows - 1) / 5);
+    int64_t listed = 0;
+    for (const auto& c : got[i].prefill_chunks) {
+      EXPECT_EQ(c.steps, 12);
+      listed += c.rows;
+    }
+    EXPECT_EQ(got[i].prompt_steps, 12 * (static_cast<int64_t>(got[i].prefill_chunks.size()) + 1));
+    const auto passes = PassesOf(got[i], rows);
+    ASSERT_EQ(passes.size(), got[i].prefill_chunks.size() + got[i].tokens.size());
+    int64_t position = 0;
+    for (size_t p = 0; p <= got[i].prefill_chunks.size(); ++p) {
+      EXPECT_EQ(passes[p].position, position);
+      position += passes[p].rows;
+    }
+    EXPECT_EQ(position, rows);
+    EXPECT_LT(listed, rows);
+  }
+}
+
+// With per-token exits each chunk exits on its own last row: the chunk size is part of the
+// sequence's definition, and a sequence still gets the same result whatever shares its
+// ticks. A long prompt's chunks bound what it adds to a tick.
+TEST_F(DepthBatcherTest, ChunkedPrefillIsBatchInvariantAndBoundsTheTick) {
+  cpu::CpuModel model(ckpt_->config, ckpt_->weights, nullptr);
+  std::vector<SequenceSpec> specs;
+  for (const Case& c : Cases()) specs.push_back(Spec(c, 3));
+  std::vector<AdaptiveResult> alone;
+  for (const SequenceSpec& s : specs) {
+    DepthBatcher one(model);
+    one.set_prefill_chunk(4);
+    alone.push_back(std::move(RunAll(one, {s})[0]));
+  }
+  DepthBatcher batched(model);
+  batched.set_prefill_chunk(4);
+  int64_t max_tokens = 0;
+  const auto together = RunAll(batched, specs, &max_tokens);
+  int chunked = 0;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    ExpectSame(alone[i], together[i], "chunked, case " + std::to_string(i));
+    chunked += !together[i].prefill_chunks.empty();
+  }
+  EXPECT_GE(chunked, 6);
+  // At most 4 prompt rows per sequence in any tick.
+  EXPECT_LE(max_tokens, 4 * static_cast<int64_t>(specs.size()));
+  EXPECT_GT(max_tokens, 0);
 }
 
 }  // namespace
