@@ -5,7 +5,7 @@
 #   bench/kv_memory.sh [BUILD_DIR] [STEPS] [SEEDS] [THREADS]
 #     SEEDS: space-separated replay seeds (initial states), default "0 1 2"
 # 1. bytes per token: build/bench/serving_bench --kv-memory (SequenceCache::bytes() on a
-#    cache filled to its capacity, checked against slots x 2 x width x 4 bytes; then the
+#    cache filled to whole pages, checked against slots x 2 x width x 4 bytes; then the
 #    bytes every workload request holds at completion, per strategy);
 # 2. accuracy: `ponder replay --fixed-steps STEPS --kv S` on each workload and seed; the
 #    table pools the seeds (requests x seeds) per workload and over all workloads.

@@ -12,7 +12,7 @@
 namespace ponder::model {
 
 // A loaded model directory: config.json, model.safetensors (or shards with
-// model.safetensors.index.json) and tokenizer.json. Owns the mapped files the weight
+// model.safetensors.index.json) and tokenizer.json. Owns the loaded files the weight
 // views point into; keep it alive (and at a stable address) while the weights are used.
 struct Checkpoint {
   std::string dir;

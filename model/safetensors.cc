@@ -252,7 +252,7 @@ std::string TensorStore::FileOf(const std::string& name) const {
   return it == file_index_.end() ? std::string() : files_[it->second]->path();
 }
 
-uint64_t TensorStore::mapped_bytes() const {
+uint64_t TensorStore::loaded_bytes() const {
   uint64_t total = 0;
   for (const auto& f : files_) total += f->file_bytes();
   return total;

@@ -62,8 +62,8 @@ class TensorStore {
   const std::map<std::string, TensorView>& tensors() const { return tensors_; }
   // Which file holds `name` (for error messages); empty when absent.
   std::string FileOf(const std::string& name) const;
-  uint64_t mapped_bytes() const;
-  // Paths of the mapped files, in opening order.
+  uint64_t loaded_bytes() const;
+  // Paths of the loaded files, in opening order.
   std::vector<std::string> file_paths() const;
 
  private:

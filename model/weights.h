@@ -22,7 +22,7 @@ struct BlockWeights {
 };
 
 // The model's tensors, validated against a Config. Views point into the TensorStore, which
-// must outlive this object (it owns the mapped files).
+// must outlive this object (it owns the loaded files).
 struct Weights {
   TensorView wte;      // [padded_vocab, d]
   TensorView adapter;  // [d, 2d]: columns 0..d-1 act on the state, d..2d-1 on the input
