@@ -247,9 +247,7 @@ def main():
         checkpoint_replaced(s, model_dir)
     finally:
         rc = s.stop()
-    check("the server stops cleanly", rc == 0, s.tail())
-    print(f"{harness.passed} passed, {harness.failed} failed ({time.time() - t0:.1f} s)")
-    sys.exit(1 if harness.failed else 0)
+    harness.finish(rc, s, t0)
 
 
 if __name__ == "__main__":

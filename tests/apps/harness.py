@@ -5,6 +5,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -111,3 +112,10 @@ def wait_idle(base, headers=None, timeout=10.0):
         if idle or time.time() > deadline:
             return idle, m
         time.sleep(0.05)
+
+
+def finish(server_rc, server, t0):
+    """The server's exit status checked, the count printed, and exit 1 on any failure."""
+    check("the server stops cleanly", server_rc == 0, server.tail())
+    print(f"{passed} passed, {failed} failed ({time.time() - t0:.1f} s)")
+    sys.exit(1 if failed else 0)

@@ -202,9 +202,7 @@ def main():
             except subprocess.TimeoutExpired:
                 prom_proc.kill()
         rc = server.stop()
-    check("server stops cleanly", rc == 0, server.tail())
-    print(f"{harness.passed} passed, {harness.failed} failed ({time.time() - t0:.1f} s)")
-    sys.exit(1 if harness.failed else 0)
+    harness.finish(rc, server, t0)
 
 
 if __name__ == "__main__":
