@@ -240,6 +240,7 @@ struct Engine::Impl {
   }
 
   void Run();
+  [[nodiscard]] Status Reload();  // Engine::ReloadProfiles without the telemetry
 };
 
 Result<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& options) {
@@ -649,7 +650,13 @@ Result<std::shared_ptr<const policy::DomainProfile>> Engine::Profile(
 std::string Engine::default_profile() const { return impl_->profile_names[0]; }
 
 Status Engine::ReloadProfiles() {
-  Impl& m = *impl_;
+  const Status st = impl_->Reload();
+  if (impl_->options.sink) impl_->options.sink->OnProfileReload(st.ok());
+  return st;
+}
+
+Status Engine::Impl::Reload() {
+  Impl& m = *this;
   for (const std::string& name : m.profile_names) {
     const std::string& path = m.profile_paths.at(name);
     auto loaded = policy::LoadProfile(path);

@@ -46,6 +46,7 @@ struct PrometheusSink::Impl {
   Family<Counter>* device_seconds;
   Family<Counter>* spend;
   Counter* ticks;
+  Family<Counter>* reloads = nullptr;
   Gauge* ready;
   Gauge* running;
   Gauge* waiting;
@@ -164,6 +165,11 @@ PrometheusSink::PrometheusSink(const PrometheusOptions& options) : impl_(std::ma
                           "Scheduler ticks (one core iteration "
                           "of every running sequence).")
                  ->Add({});
+  m.reloads =
+      m.NewCounter("ponder_profile_reloads_total",
+                   "Reloads of the profile files (outcome ok, or error: the old profiles kept).");
+  m.reloads->Add({{"outcome", "ok"}});
+  m.reloads->Add({{"outcome", "error"}});
   m.ready =
       &m.NewGauge("ponder_engine_ready", "1 once the model is loaded and requests are served.")
            ->Add({});
@@ -321,6 +327,10 @@ void PrometheusSink::OnBudget(const std::string& profile, const std::string& ten
 }
 
 void PrometheusSink::OnReady(bool ready) { impl_->ready->Set(ready ? 1.0 : 0.0); }
+
+void PrometheusSink::OnProfileReload(bool ok) {
+  impl_->reloads->Add({{"outcome", ok ? "ok" : "error"}}).Increment();
+}
 
 std::string PrometheusSink::Serialize() const {
   return prometheus::TextSerializer{}.Serialize(impl_->registry->Collect());

@@ -17,6 +17,7 @@
 //   ponder_device_seconds_total{profile,phase}                     coda_head | exit_checks
 //   ponder_spend_total{profile,tenant,currency}             cost in the profile's currency
 //   ponder_scheduler_ticks_total
+//   ponder_profile_reloads_total{outcome}                   outcome: ok | error
 // Gauges
 //   ponder_engine_ready, ponder_num_requests_running, ponder_num_requests_waiting,
 //   ponder_kv_cache_used_bytes, ponder_kv_cache_reserved_bytes, ponder_kv_cache_capacity_bytes,
@@ -63,6 +64,7 @@ class PrometheusSink : public Sink {
   void OnBudget(const std::string& profile, const std::string& tenant, const std::string& currency,
                 double remaining) override;
   void OnReady(bool ready) override;
+  void OnProfileReload(bool ok) override;
 
   // The registry in the text exposition format 0.0.4.
   std::string Serialize() const;

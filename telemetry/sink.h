@@ -75,6 +75,9 @@ class Sink {
                         const std::string& currency, double remaining) = 0;
   // The model is loaded and requests are served (false while loading).
   virtual void OnReady(bool ready) = 0;
+  // A reload of the profile files ended: every profile replaced, or (ok false) an invalid
+  // file refused with the old profiles kept.
+  virtual void OnProfileReload(bool ok) = 0;
 };
 
 }  // namespace ponder::telemetry

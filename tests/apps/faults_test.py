@@ -193,6 +193,11 @@ def invalid_reload(s, profile_path):
     _, after = metrics(s.base, ADMIN)
     check("reload: the server kept its counters",
           after.get("ponder_requests_total", 0) >= before.get("ponder_requests_total", 0))
+    check("reload: the failed and the good reload counted",
+          after.get("ponder_profile_reloads_total:error", 0)
+          == before.get("ponder_profile_reloads_total:error", 0) + 1
+          and after.get("ponder_profile_reloads_total:ok", 0)
+          == before.get("ponder_profile_reloads_total:ok", 0) + 1, (before, after))
 
 
 def checkpoint_replaced(s, model_dir):

@@ -219,7 +219,12 @@ TEST(PrometheusSink, GaugesTicksAndBudgets) {
                 .kv_bytes_capacity = 1024});
   for (int64_t rows : {1, 4, 4, 32}) sink.OnTick(rows, 0.001);
   sink.OnBudget("finance", "acme", "USD", 12.5);
+  sink.OnProfileReload(true);
+  sink.OnProfileReload(false);
+  sink.OnProfileReload(false);
   const std::string t = sink.Serialize();
+  EXPECT_EQ(Value(t, "ponder_profile_reloads_total", {{"outcome", "ok"}}), 1);
+  EXPECT_EQ(Value(t, "ponder_profile_reloads_total", {{"outcome", "error"}}), 2);
   EXPECT_EQ(Value(t, "ponder_engine_ready"), 1);
   EXPECT_EQ(Value(t, "ponder_num_requests_running"), 3);
   EXPECT_EQ(Value(t, "ponder_num_requests_waiting"), 2);
