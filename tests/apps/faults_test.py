@@ -121,8 +121,9 @@ def kv_admission(s):
                        auth("acme"))
     check("KV beyond the whole budget: 400 kv_budget_exceeded",
           st == 400 and body(text)["error"]["code"] == "kv_budget_exceeded", (st, text[:300]))
-    # Each reserves 92 MB at 700 steps (1402 slots x 4 pages of 16 positions x 16 KiB): two
-    # fit in the budget at once, the third waits for one of them, then all are served.
+    # Each reserves about 69 MB at 700 steps (1402 slots x 3 pages of 16 positions x 16 KiB
+    # for a 17-token prompt and 24 tokens): two fit in the budget at once, the third waits
+    # for one of them, then all are served.
     results = []
 
     def one():
