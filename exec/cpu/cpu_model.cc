@@ -211,7 +211,17 @@ void CpuModel::CoreStep(std::span<const Chunk> chunks, std::span<const int64_t> 
 void CpuModel::Lin(const float* x, int64_t n, int64_t ldx, const TensorView& w, float* y,
                    int64_t ldy) {
   if (batch_invariant_) {
-    LinearRowInvariant(x, n, ldx, w, y, ldy, pool_);
+    auto it = packed_.find(w.data);
+    if (it == packed_.end() &&
+        packed_bytes_ + static_cast<uint64_t>(w.numel()) * 4 <= kMaxPackedBytes) {
+      it = packed_.emplace(w.data, PackLinear(w)).first;
+      packed_bytes_ += it->second.bytes();
+    }
+    if (it != packed_.end()) {
+      LinearPacked(x, n, ldx, it->second, y, ldy, pool_);
+    } else {
+      LinearRowInvariant(x, n, ldx, w, y, ldy, pool_);
+    }
   } else {
     Linear(x, n, ldx, w, y, ldy, pool_);
   }

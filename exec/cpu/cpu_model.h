@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <unordered_map>
 #include <vector>
 
 #include "core/status.h"
@@ -66,8 +67,9 @@ class CpuModel {
                                                    std::vector<float>* final_state = nullptr);
 
   // Batch invariance (default on): every row's arithmetic is the same whatever else shares
-  // the call, so batched serving gives exactly the batch-1 tokens and exit steps. Off,
-  // batches above 64 rows take the faster GEMM path (prefill of long prompts, big batches).
+  // the call, so batched serving gives exactly the batch-1 tokens and exit steps. Linear
+  // weights are then packed (transposed f32, up to 256 MiB in all) for LinearPacked, the
+  // rest stream in slices of 64 rows. Off, batches above 64 rows take the GEMM path.
   void set_batch_invariant(bool on) { batch_invariant_ = on; }
   bool batch_invariant() const { return batch_invariant_; }
 
@@ -87,6 +89,11 @@ class CpuModel {
   const model::Weights& weights_;
   ThreadPool* pool_;
   bool batch_invariant_ = true;
+  // Linear weights packed for LinearPacked (batch-invariant mode), by their data pointer;
+  // packed on first use while the total stays under kMaxPackedBytes, the rest stream.
+  std::unordered_map<const void*, PackedLinear> packed_;
+  uint64_t packed_bytes_ = 0;
+  static constexpr uint64_t kMaxPackedBytes = 256ull << 20;
   int64_t d_, heads_, head_dim_, ffn_;
   std::vector<float> rope_cos_, rope_sin_;  // [block_size, head_dim / 2]
   // Set while CoreStep runs a core layer: attention then resolves past tokens that ran

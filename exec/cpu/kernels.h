@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <memory>
 #include <type_traits>
+#include <vector>
 
 #include "core/tensor.h"
 
@@ -67,6 +68,23 @@ void LinearRows(const float* x, int64_t n, int64_t ldx, const TensorView& w, int
 inline constexpr int64_t kBatchInvariantRows = 64;
 void LinearRowInvariant(const float* x, int64_t n, int64_t ldx, const TensorView& w, float* y,
                         int64_t ldy, ThreadPool* pool);
+
+// A Linear's weights packed for the outer-product kernel: w^T as f32 [in, out_pad], out_pad
+// the output width rounded up to the SIMD width (zero columns).
+struct PackedLinear {
+  int64_t in = 0, out = 0, out_pad = 0;
+  std::vector<float> wt;
+  uint64_t bytes() const { return wt.size() * sizeof(float); }
+};
+PackedLinear PackLinear(const TensorView& w);
+
+// y[n, out] = x[n, in] . w^T from packed weights. Each output element is one chain of fused
+// multiply-adds over k = 0 .. in-1 in order, whatever n, the tiling and the threads, so a
+// row's result never depends on its neighbours (batch invariance by construction). Tiles of
+// up to 6 rows x 64 columns (AVX-512) keep the weights in registers across rows: batched
+// rows cost a fraction of single rows when the weights are small enough to live in cache.
+void LinearPacked(const float* x, int64_t n, int64_t ldx, const PackedLinear& w, float* y,
+                  int64_t ldy, ThreadPool* pool);
 
 // Reference loops for the tests (single thread, double accumulation).
 void LinearReference(const float* x, int64_t n, int64_t ldx, const TensorView& w, float* y,

@@ -168,6 +168,38 @@ INSTANTIATE_TEST_SUITE_P(AllDtypes, LinearTest,
                                   (std::get<1>(info.param) ? "_Pool2" : "_NoPool");
                          });
 
+// The packed outer-product kernel: against the reference on a grid of shapes (column tails,
+// row tails, strides, threads), padding columns of y untouched, and every row bitwise the
+// same whatever the batch it is computed in.
+TEST_P(LinearTest, PackedMatchesReferenceAndIsBatchInvariant) {
+  for (int64_t in : {1, 7, 128, 300}) {
+    for (int64_t out : {1, 5, 16, 70, 257}) {
+      SCOPED_TRACE("in=" + std::to_string(in) + " out=" + std::to_string(out));
+      const OwnedTensor w = RandomTensor(dtype(), {out, in}, static_cast<uint32_t>(in * 31 + out));
+      const PackedLinear packed = PackLinear(w.view);
+      EXPECT_EQ(packed.out, out);
+      EXPECT_EQ(packed.in, in);
+      const int64_t n = 13, ldx = in + 3, ldy = out + 5;
+      const std::vector<float> x = RandomVector(n * ldx, static_cast<uint32_t>(in + 7 * out));
+      std::vector<float> y(n * ldy, kSentinel), ref(n * ldy, kSentinel);
+      LinearPacked(x.data(), n, ldx, packed, y.data(), ldy, pool());
+      LinearReference(x.data(), n, ldx, w.view, ref.data(), ldy);
+      EXPECT_LE(RelativeL2(y.data(), ref.data(), n, out, ldy), kTolerance);
+      for (int64_t j = 0; j < n; ++j) {
+        for (int64_t c = out; c < ldy; ++c) ASSERT_EQ(y[j * ldy + c], kSentinel) << j << "," << c;
+      }
+      // Row j alone, and rows [j, n) together, give the bits of the 13-row call.
+      for (int64_t j = 0; j < n; ++j) {
+        std::vector<float> one(ldy, kSentinel), tail((n - j) * ldy, kSentinel);
+        LinearPacked(x.data() + j * ldx, 1, ldx, packed, one.data(), ldy, pool());
+        LinearPacked(x.data() + j * ldx, n - j, ldx, packed, tail.data(), ldy, pool());
+        ASSERT_EQ(std::memcmp(one.data(), y.data() + j * ldy, out * sizeof(float)), 0) << j;
+        ASSERT_EQ(std::memcmp(tail.data(), y.data() + j * ldy, out * sizeof(float)), 0) << j;
+      }
+    }
+  }
+}
+
 TEST(LinearTest, EmptyInnerDimensionGivesZeros) {
   const OwnedTensor w = RandomTensor(DType::kF32, {4, 0}, 1);
   float x = 1.0f;
