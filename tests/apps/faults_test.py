@@ -171,6 +171,15 @@ def stream_limit(s):
     for c in hold:
         c.kill()
         c.wait()
+    deadline = time.time() + 20
+    st = 0
+    while time.time() < deadline:  # the killed streams' slots come back once noticed
+        st, _, _ = http("POST", s.base + "/v1/completions",
+                        {"prompt": "w0x6?w", "max_tokens": 2, "stream": True}, auth("acme"))
+        if st == 200:
+            break
+        time.sleep(0.2)
+    check("stream limit per tenant: the slots are released when the streams end", st == 200, st)
     healthy_after(s, "stream limit", before, "rejected")
 
 
