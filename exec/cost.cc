@@ -33,29 +33,30 @@ telemetry::ModelDims DimsOf(const model::Config& config, const model::Weights& w
 
 std::vector<telemetry::PassWork> PassesOf(const exec::AdaptiveResult& result, int64_t prompt_rows) {
   std::vector<telemetry::PassWork> passes;
+  auto add = [&](int64_t position, int64_t rows, int64_t steps, int64_t latent, int64_t logit,
+                 bool from_check) {
+    passes.push_back({.position = position,
+                      .rows = rows,
+                      .steps = steps,
+                      .logit_checks = logit,
+                      .latent_checks = latent,
+                      .output_from_check = from_check});
+  };
   // A prompt prefilled in chunks: a pass per chunk before the last.
   int64_t position = 0;
   for (const exec::PrefillChunk& c : result.prefill_chunks) {
-    telemetry::PassWork p;
-    p.position = position;
-    p.rows = c.rows;
-    p.steps = c.steps;
-    p.latent_checks = c.latent_checks;
-    p.logit_checks = c.logit_checks;
-    p.output_from_check = c.logits_from_check;
-    passes.push_back(p);
+    add(position, c.rows, c.steps, c.latent_checks, c.logit_checks, c.logits_from_check);
     position += c.rows;
   }
   for (size_t i = 0; i < result.tokens.size(); ++i) {
     const exec::TokenTrace& t = result.tokens[i];
-    telemetry::PassWork p;
-    p.position = i == 0 ? position : prompt_rows + static_cast<int64_t>(i) - 1;
-    p.rows = i == 0 ? prompt_rows - position : 1;
-    p.steps = t.steps;
-    p.latent_checks = t.latent_checks;
-    p.logit_checks = t.logit_checks;
-    p.output_from_check = t.logits_from_check;
-    passes.push_back(p);
+    if (i == 0) {
+      add(position, prompt_rows - position, t.steps, t.latent_checks, t.logit_checks,
+          t.logits_from_check);
+    } else {
+      add(prompt_rows + static_cast<int64_t>(i) - 1, 1, t.steps, t.latent_checks, t.logit_checks,
+          t.logits_from_check);
+    }
   }
   return passes;
 }

@@ -71,8 +71,6 @@ class KvSlot {
   float* V(int64_t pos) { return Row(pos, KvPagePool::kPageRows); }
   const float* K(int64_t pos) const { return Row(pos, 0); }
   const float* V(int64_t pos) const { return Row(pos, KvPagePool::kPageRows); }
-  // The page table (for kernels that walk a page at a time).
-  const std::vector<float*>& pages() const { return pages_; }
   int64_t capacity() const { return static_cast<int64_t>(pages_.size()) * KvPagePool::kPageRows; }
   uint64_t bytes() const { return pool_ ? pages_.size() * pool_->page_bytes() : 0; }
 

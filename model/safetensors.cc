@@ -82,10 +82,6 @@ Result<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::string
     return InvalidArgument(path + ": fstat failed: " + std::strerror(errno));
   if (!S_ISREG(st.st_mode)) return InvalidArgument(path + ": not a regular file");
   const uint64_t size = static_cast<uint64_t>(st.st_size);
-  if (size < 8) {
-    return DataLoss(path + ": file is " + std::to_string(size) +
-                    " bytes, too short for the 8-byte header length");
-  }
   // The bytes are read into memory the process owns: a file replaced or rewritten on disk
   // while the model serves cannot change or take away the weights in use.
   std::unique_ptr<unsigned char[]> bytes(new (std::nothrow) unsigned char[size]);
@@ -108,17 +104,17 @@ Result<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::string
 
 Result<std::unique_ptr<SafetensorsFile>> SafetensorsFile::FromBytes(std::string_view bytes,
                                                                     const std::string& name) {
-  if (bytes.size() < 8) {
-    return DataLoss(name + ": file is " + std::to_string(bytes.size()) +
-                    " bytes, too short for the 8-byte header length");
-  }
   std::unique_ptr<unsigned char[]> copy(new unsigned char[bytes.size()]);
-  std::memcpy(copy.get(), bytes.data(), bytes.size());
+  if (!bytes.empty()) std::memcpy(copy.get(), bytes.data(), bytes.size());
   return Parse(std::move(copy), bytes.size(), name);
 }
 
 Result<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Parse(
     std::unique_ptr<unsigned char[]> bytes, uint64_t size, const std::string& path) {
+  if (size < 8) {
+    return DataLoss(path + ": file is " + std::to_string(size) +
+                    " bytes, too short for the 8-byte header length");
+  }
   std::unique_ptr<SafetensorsFile> file(new SafetensorsFile());
   file->path_ = path;
   file->bytes_ = std::move(bytes);

@@ -37,27 +37,12 @@ double Uniform(uint64_t& state) {
   return (static_cast<double>(SplitMix64(state) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
 }
 
-// One query row against keys/values [ctx, hd] with row stride ld: out[hd] =
-// softmax(q . k^T * scale) . v. Loops written for the vectoriser (omp simd).
-// Rows of keys or values, one pointer per position: a contiguous [ctx, ld] buffer, or a
-// slot's pages. Both give the same numbers to AttendOne (it reads them in position order).
-struct ContiguousRows {
-  const float* base;
-  int64_t ld;
-  const float* operator()(int64_t p) const { return base + p * ld; }
-};
-struct PagedRows {
-  const float* const* pages;
-  int64_t width;   // floats per row
-  int64_t offset;  // the head's first column (+ kPageRows * width for values)
-  const float* operator()(int64_t p) const {
-    return pages[p / KvPagePool::kPageRows] + (p % KvPagePool::kPageRows) * width + offset;
-  }
-};
-
-// One decode query against ctx keys and values of one head.
-template <typename Rows>
-void AttendOne(const float* q, const Rows& k, const Rows& v, int64_t hd, int64_t ctx, float scale,
+// One decode query against ctx keys and values of one head: out[hd] =
+// softmax(q . k^T * scale) . v. `k(p)` and `v(p)` give the head's row at position p (from a
+// contiguous buffer or a slot's pages: the same numbers, read in position order). Loops
+// written for the vectoriser (omp simd).
+template <typename KRows, typename VRows>
+void AttendOne(const float* q, const KRows& k, const VRows& v, int64_t hd, int64_t ctx, float scale,
                std::vector<float>& scores, float* out) {
   scores.resize(ctx);
   float mx = -INFINITY;
@@ -373,15 +358,18 @@ void CpuModel::Attention(std::span<const Chunk> chunks, std::span<KvSlot* const>
       const float* qrow = qkv + offsets[b] * ld + h * head_dim_;
       if (c.count == 1) {  // decode: one query, plain vector loops (no GEMV overhead)
         float* o = out + offsets[b] * d_ + h * head_dim_;
+        const int64_t col = h * head_dim_;
         if (keys[b] != nullptr) {
-          AttendOne(qrow, ContiguousRows{keys[b] + h * head_dim_, d_},
-                    ContiguousRows{values[b] + h * head_dim_, d_}, head_dim_, ctx, scale, scores,
-                    o);
+          const float* kb = keys[b] + col;
+          const float* vb = values[b] + col;
+          AttendOne(
+              qrow, [&](int64_t p) { return kb + p * d_; }, [&](int64_t p) { return vb + p * d_; },
+              head_dim_, ctx, scale, scores, o);
         } else {
-          const float* const* pages = slots[b]->pages().data();
-          AttendOne(qrow, PagedRows{pages, d_, h * head_dim_},
-                    PagedRows{pages, d_, KvPagePool::kPageRows * d_ + h * head_dim_}, head_dim_,
-                    ctx, scale, scores, o);
+          const KvSlot& slot = *slots[b];
+          AttendOne(
+              qrow, [&](int64_t p) { return slot.K(p) + col; },
+              [&](int64_t p) { return slot.V(p) + col; }, head_dim_, ctx, scale, scores, o);
         }
         if (MaddCounterEnabled()) CountAttentionMadds(2 * ctx * head_dim_);
         continue;
