@@ -408,6 +408,11 @@ Result<RequestHandle> Engine::Submit(const GenerationRequest& request,
   return handle;
 }
 
+void Engine::CountRejected(const GenerationRequest& request) {
+  auto profile = impl_->profiles.Get(request.profile.empty() ? default_profile() : request.profile);
+  if (profile.ok()) impl_->Rejected(**profile, request.policy, nullptr);
+}
+
 bool Engine::Cancel(int64_t request_id) {
   Impl& m = *impl_;
   {

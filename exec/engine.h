@@ -159,6 +159,9 @@ class Engine {
   // Ends a request (waiting or running) with finish_reason "cancelled" and what it has;
   // its KV cache is freed at once. False when unknown or already finished.
   bool Cancel(int64_t request_id);
+  // Counts a request its caller refused before submitting it (e.g. a server limit) as
+  // "rejected" in telemetry, with the labels Submit would have given it.
+  void CountRejected(const GenerationRequest& request);
 
   EngineStats Stats() const;
   ModelInfo model_info() const;

@@ -221,13 +221,7 @@ void Server::Impl::Stream(httplib::Response& res, std::shared_ptr<exec::Engine> 
     int& open = streams_by_tenant[tenant];
     if (options.max_streams_per_tenant > 0 && open >= options.max_streams_per_tenant) {
       if (open == 0) streams_by_tenant.erase(tenant);
-      telemetry::RequestRecord rec;
-      rec.profile =
-          api.generation.profile.empty() ? engine->default_profile() : api.generation.profile;
-      rec.task_class = api.generation.policy.task_class.value_or("");
-      rec.tenant = tenant;
-      rec.outcome = "rejected";
-      sink->OnRequest(rec);
+      engine->CountRejected(api.generation);
       ApiError error = MakeError(429,
                                  "tenant " + tenant + " has " + std::to_string(open) +
                                      " streams open, the limit; retry when one ends",
