@@ -171,15 +171,17 @@ void DepthBatcher::EmitToken(Seq& q, const float* logits) {
   const int64_t d = cfg.n_embd;
   const auto vocab = static_cast<size_t>(cfg.vocab_size);
   if (q.spec.plan.warm_start) q.warm.assign(q.last_row(), q.last_row() + d);
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - q.t0).count();
+  const policy::CheckCounts& checks = q.controller.token_counts();
   if (!q.pending.empty() && q.decision.reason != policy::ExitReason::kDeadline) {
     // A prompt chunk before the last: its keys and values are cached; no token. The next
     // chunk starts at the next tick.
-    const policy::CheckCounts& c = q.controller.token_counts();
-    q.result.prefill_chunks.push_back({q.rows, q.step, static_cast<int32_t>(c.latent_checks),
-                                       static_cast<int32_t>(c.logit_checks), q.logits_from_check});
+    q.result.prefill_chunks.push_back({q.rows, q.step, static_cast<int32_t>(checks.latent_checks),
+                                       static_cast<int32_t>(checks.logit_checks),
+                                       q.logits_from_check});
     q.result.prompt_steps += q.step;
-    q.result.prefill_seconds +=
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - q.t0).count();
+    q.result.prefill_seconds += secs;
     const size_t take = std::min<size_t>(q.pending.size(), static_cast<size_t>(prefill_chunk_));
     q.input.assign(q.pending.begin(), q.pending.begin() + take);
     q.pending.erase(q.pending.begin(), q.pending.begin() + take);
@@ -194,10 +196,7 @@ void DepthBatcher::EmitToken(Seq& q, const float* logits) {
   if (q.result.tokens.empty()) q.result.prompt_steps += q.step;
   const int32_t next =
       Sample(std::span<const float>(logits, vocab), q.spec.options.sampling, q.rng);
-  const double secs =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - q.t0).count();
   (q.result.tokens.empty() ? q.result.prefill_seconds : q.result.decode_seconds) += secs;
-  const policy::CheckCounts& checks = q.controller.token_counts();
   q.result.tokens.push_back({next, q.step, q.decision.reason,
                              static_cast<int32_t>(checks.latent_checks),
                              static_cast<int32_t>(checks.logit_checks), q.logits_from_check});
