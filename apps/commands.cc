@@ -139,6 +139,7 @@ void AddGenerateCommand(CLI::App& app, int& exit_code) {
     uint64_t seed = 0;
     double temperature = 0.0, top_p = 1.0, init_scale = 1.0, exit_threshold = -1.0;
     int threads = 0;
+    std::string backend = "cpu";
     bool chat = false, as_json = false;
   };
   auto a = std::make_shared<Args>();
@@ -161,10 +162,11 @@ void AddGenerateCommand(CLI::App& app, int& exit_code) {
   cmd->add_option("--init-scale", a->init_scale, "Scale of the random initial state (0: zero)");
   cmd->add_option("--kv", a->kv, "KV-cache strategy: full or compress-sN");
   cmd->add_option("--threads", a->threads, "CPU threads (0: all)");
+  AddBackendFlag(cmd, &a->backend);
   cmd->add_flag("--chat", a->chat, "Wrap the prompt in the chat template as a user message");
   cmd->add_flag("--json", a->as_json, "Print JSON");
   cmd->callback([a, &exit_code] {
-    auto rt = Open(a->dir, a->threads, /*require_tokenizer=*/true);
+    auto rt = Open(a->dir, a->backend, a->threads, /*require_tokenizer=*/true);
     if (!rt.ok()) {
       exit_code = Fail(rt.status());
       return;
@@ -296,6 +298,7 @@ void AddLogitsCommand(CLI::App& app, int& exit_code) {
     double init_scale = 1.0;
     uint64_t seed = 0;
     int threads = 0;
+    std::string backend = "cpu";
   };
   auto a = std::make_shared<Args>();
   cmd->add_option("--model", a->dir, "Model directory")->required();
@@ -304,13 +307,14 @@ void AddLogitsCommand(CLI::App& app, int& exit_code) {
   cmd->add_option("--init-scale", a->init_scale, "Scale of the random initial state (0: zero)");
   cmd->add_option("--seed", a->seed, "Seed of the initial state");
   cmd->add_option("--threads", a->threads, "CPU threads (0: all)");
+  AddBackendFlag(cmd, &a->backend);
   cmd->callback([a, &exit_code] {
     auto ids = ParseTokenList(a->tokens);
     if (!ids.ok()) {
       exit_code = Fail(ids.status());
       return;
     }
-    auto rt = Open(a->dir, a->threads, /*require_tokenizer=*/false);
+    auto rt = Open(a->dir, a->backend, a->threads, /*require_tokenizer=*/false);
     if (!rt.ok()) {
       exit_code = Fail(rt.status());
       return;
@@ -346,6 +350,7 @@ void AddReplayCommand(CLI::App& app, int& exit_code) {
     uint64_t seed = 0;
     double init_scale = 1.0;
     int threads = 0;
+    std::string backend = "cpu";
     bool as_json = false, items = false, class_max = false;
   };
   auto a = std::make_shared<Args>();
@@ -369,6 +374,7 @@ void AddReplayCommand(CLI::App& app, int& exit_code) {
   cmd->add_option("--init-scale", a->init_scale, "Scale of the random initial state (0: zero)");
   cmd->add_option("--kv", a->kv, "KV-cache strategy: full or compress-sN");
   cmd->add_option("--threads", a->threads, "CPU threads (0: all)");
+  AddBackendFlag(cmd, &a->backend);
   cmd->add_flag("--json", a->as_json, "Print one JSON object");
   cmd->add_flag("--items", a->items, "Include every item's answer in the JSON");
   cmd->callback([a, &exit_code] {
@@ -382,7 +388,7 @@ void AddReplayCommand(CLI::App& app, int& exit_code) {
       exit_code = Fail(kv.status());
       return;
     }
-    auto rt = Open(a->dir, a->threads, /*require_tokenizer=*/true);
+    auto rt = Open(a->dir, a->backend, a->threads, /*require_tokenizer=*/true);
     if (!rt.ok()) {
       exit_code = Fail(rt.status());
       return;

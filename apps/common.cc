@@ -9,15 +9,24 @@ int Fail(const Status& status) {
   return 1;
 }
 
-Result<Runtime> Open(const std::string& dir, int threads, bool require_tokenizer) {
+Result<Runtime> Open(const std::string& dir, const std::string& backend, int threads,
+                     bool require_tokenizer) {
   Runtime rt;
   model::LoadOptions lo;
   lo.require_tokenizer = require_tokenizer;
   PONDER_ASSIGN_OR_RETURN(rt.ckpt, model::LoadCheckpoint(dir, lo));
-  rt.pool = std::make_unique<exec::cpu::ThreadPool>(threads);
-  rt.model =
-      std::make_unique<exec::cpu::CpuModel>(rt.ckpt->config, rt.ckpt->weights, rt.pool.get());
+  exec::BackendOptions options;
+  options.kind = backend;
+  options.threads = threads;
+  PONDER_ASSIGN_OR_RETURN(rt.model, exec::MakeBackend(options, rt.ckpt->config, rt.ckpt->weights));
   return rt;
+}
+
+void AddBackendFlag(CLI::App* cmd, std::string* backend) {
+  std::string kinds;
+  for (const std::string& k : exec::BackendKinds()) kinds += (kinds.empty() ? "" : ", ") + k;
+  cmd->add_option("--backend", *backend, "executor: cpu or cuda (in this build: " + kinds + ")")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
 }
 
 std::string HumanBytes(double b) {

@@ -1,10 +1,11 @@
 #pragma once
 
+#include <CLI/CLI.hpp>
 #include <memory>
 #include <string>
 
 #include "core/status.h"
-#include "exec/cpu/cpu_model.h"
+#include "exec/backend.h"
 #include "model/checkpoint.h"
 
 namespace ponder::apps {
@@ -15,12 +16,16 @@ int Fail(const Status& status);
 // The model directory plus the runtime objects built on it.
 struct Runtime {
   std::unique_ptr<model::Checkpoint> ckpt;
-  std::unique_ptr<exec::cpu::ThreadPool> pool;
-  std::unique_ptr<exec::cpu::CpuModel> model;
+  std::unique_ptr<exec::Backend> model;
 };
 
-// Loads a model directory and builds a CPU model with `threads` threads (0: all).
-[[nodiscard]] Result<Runtime> Open(const std::string& dir, int threads, bool require_tokenizer);
+// Loads a model directory and builds the backend `backend` ("cpu" with `threads` threads,
+// 0: all; or "cuda").
+[[nodiscard]] Result<Runtime> Open(const std::string& dir, const std::string& backend, int threads,
+                                   bool require_tokenizer);
+
+// Adds `--backend cpu|cuda` (the executor that runs the model) to a command.
+void AddBackendFlag(CLI::App* cmd, std::string* backend);
 
 // "1.50 MiB".
 std::string HumanBytes(double bytes);

@@ -264,8 +264,8 @@ struct RunResult {
   double requests_per_second() const { return wall > 0 ? results.size() / wall : 0.0; }
 };
 
-Result<RunResult> RunSchedule(exec::cpu::CpuModel& model, const std::vector<Request>& reqs,
-                              Mode mode, int64_t max_active_flag) {
+Result<RunResult> RunSchedule(exec::Backend& model, const std::vector<Request>& reqs, Mode mode,
+                              int64_t max_active_flag) {
   const int64_t max_active = mode == Mode::kOneAtATime ? 1 : max_active_flag;
   sim_now = reqs.front().arrival;
   exec::DepthBatcher batcher(model, &SimNow);
@@ -334,7 +334,7 @@ std::string Difference(const RunResult& a, const RunResult& b, const std::vector
   return "";
 }
 
-int RunServing(const Flags& f, exec::cpu::CpuModel& model, const ponder::model::Checkpoint& ckpt) {
+int RunServing(const Flags& f, exec::Backend& model, const ponder::model::Checkpoint& ckpt) {
   auto reqs = BuildWorkload(f, *ckpt.tokenizer);
   if (!reqs.ok()) return Fail(reqs.status());
   std::map<std::string, int> per_source, per_class;
@@ -352,7 +352,7 @@ int RunServing(const Flags& f, exec::cpu::CpuModel& model, const ponder::model::
       "\n            Poisson arrivals at %.0f/s over %.3f s (seed %llu), max-active %lld, "
       "max-tokens %lld, %d thread(s), %d repeats\n",
       f.rate, reqs->back().arrival, (unsigned long long)f.seed, (long long)f.max_active,
-      (long long)f.max_tokens, model.pool()->threads(), f.repeats);
+      (long long)f.max_tokens, f.threads, f.repeats);
 
   // Warm-up (untimed): the first requests, continuous.
   {
@@ -467,11 +467,11 @@ int RunServing(const Flags& f, exec::cpu::CpuModel& model, const ponder::model::
 // than its rows (weights read once per tick); where it grows in proportion, every
 // scheduler does the same work in the same time.
 
-int RunTickCost(const Flags& f, exec::cpu::CpuModel& model, const ponder::model::Checkpoint& ckpt) {
+int RunTickCost(const Flags& f, exec::Backend& model, const ponder::model::Checkpoint& ckpt) {
   const ponder::model::Config& c = ckpt.config;
   const int64_t d = c.n_embd, ctx = 16;
   std::printf("model       %s (model.safetensors fnv1a %s), %d thread(s)\n", f.model.c_str(),
-              FileDigest(f.model + "/model.safetensors").c_str(), model.pool()->threads());
+              FileDigest(f.model + "/model.safetensors").c_str(), f.threads);
   std::printf("\n%6s %12s %12s %14s\n", "rows", "us/tick", "us/row", "vs 1 row/tick");
   double one = 0.0;
   for (int64_t b : {1, 2, 4, 8, 16, 32, 64}) {
@@ -510,7 +510,7 @@ int RunTickCost(const Flags& f, exec::cpu::CpuModel& model, const ponder::model:
 // ---------------------------------------------------------------------------------------
 // KV memory.
 
-int RunKvMemory(const Flags& f, exec::cpu::CpuModel& model, const ponder::model::Checkpoint& ckpt) {
+int RunKvMemory(const Flags& f, exec::Backend& model, const ponder::model::Checkpoint& ckpt) {
   const ponder::model::Config& c = ckpt.config;
   std::string kv_list = f.kv;
   if (kv_list.empty()) kv_list = "full,compress-s" + std::to_string(c.n_layers_in_recurrent_block);

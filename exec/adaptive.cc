@@ -10,7 +10,7 @@ double MonotonicSeconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-Result<AdaptiveResult> GenerateAdaptive(cpu::CpuModel& model, std::span<const int32_t> prompt,
+Result<AdaptiveResult> GenerateAdaptive(Backend& model, std::span<const int32_t> prompt,
                                         const policy::DepthPlan& plan,
                                         const AdaptiveOptions& options, double (*now)(),
                                         const std::function<void(int32_t)>& on_token) {

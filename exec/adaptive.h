@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "core/status.h"
-#include "exec/cpu/cpu_model.h"
+#include "exec/backend.h"
 #include "exec/kv_cache.h"
 #include "exec/sampling.h"
 #include "policy/exit_controller.h"
@@ -75,7 +75,7 @@ struct AdaptiveResult {
 // initial state is the previous token's final state. `now` gives seconds on the plan's
 // clock (for deadlines).
 [[nodiscard]] Result<AdaptiveResult> GenerateAdaptive(
-    cpu::CpuModel& model, std::span<const int32_t> prompt, const policy::DepthPlan& plan,
+    Backend& model, std::span<const int32_t> prompt, const policy::DepthPlan& plan,
     const AdaptiveOptions& options, double (*now)() = nullptr,
     const std::function<void(int32_t)>& on_token = {});
 

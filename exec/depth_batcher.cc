@@ -37,8 +37,10 @@ struct DepthBatcher::Seq {
   const float* last_row() const { return s.data() + (rows - 1) * (s.size() / rows); }
 };
 
-DepthBatcher::DepthBatcher(cpu::CpuModel& model, double (*now)())
-    : model_(model), now_(now != nullptr ? now : &MonotonicSeconds), pool_(model.config().n_embd) {}
+DepthBatcher::DepthBatcher(Backend& model, double (*now)())
+    : model_(model),
+      now_(now != nullptr ? now : &MonotonicSeconds),
+      pool_(model.config().n_embd, model.page_memory()) {}
 
 DepthBatcher::~DepthBatcher() = default;
 
@@ -142,7 +144,7 @@ Status DepthBatcher::StartTokens(std::vector<Seq*>& starting) {
     if (q.spec.plan.warm_start && !q.result.tokens.empty()) {
       std::copy(q.warm.begin(), q.warm.end(), q.s.begin());  // continuous chain of thought
     } else {
-      model_.InitState(std::span<const cpu::Chunk>(&chunks_[i], 1), q.spec.options.seed, 0,
+      model_.InitState(std::span<const Chunk>(&chunks_[i], 1), q.spec.options.seed, 0,
                        q.spec.options.init_scale, q.s.data());
     }
     row += q.rows;

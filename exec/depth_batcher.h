@@ -10,7 +10,7 @@
 // Batch-1 equality: a sequence's tokens, per-token steps and exit reasons are the same
 // whatever else shares its ticks, because (1) its exit decisions read only its own
 // signals, (2) its initial states and samples come from its own seed, and (3) the model's
-// per-row arithmetic does not depend on the batch (CpuModel::batch_invariant). The
+// per-row arithmetic does not depend on the batch (Backend::batch_invariant). The
 // batch-1 path (GenerateAdaptive) is this class with one sequence.
 
 #include <cstdint>
@@ -22,7 +22,7 @@
 
 #include "core/status.h"
 #include "exec/adaptive.h"
-#include "exec/cpu/cpu_model.h"
+#include "exec/backend.h"
 #include "exec/kv_cache.h"
 #include "policy/exit_controller.h"
 #include "policy/plan.h"
@@ -49,7 +49,7 @@ class DepthBatcher {
   using Id = int64_t;
 
   // `now` gives seconds on the plans' clock (null: MonotonicSeconds).
-  explicit DepthBatcher(cpu::CpuModel& model, double (*now)() = nullptr);
+  explicit DepthBatcher(Backend& model, double (*now)() = nullptr);
   ~DepthBatcher();
   DepthBatcher(const DepthBatcher&) = delete;
   DepthBatcher& operator=(const DepthBatcher&) = delete;
@@ -118,7 +118,7 @@ class DepthBatcher {
   void EmitToken(Seq& q, const float* logits);
   void Finish(Seq& q);  // done, with its result
 
-  cpu::CpuModel& model_;
+  Backend& model_;
   double (*now_)();
   KvPagePool pool_;  // before seqs_: outlives the caches
   Id next_id_ = 1;
@@ -132,7 +132,7 @@ class DepthBatcher {
   int64_t prefill_chunk_ = 0;
   // Scratch of the batched calls.
   std::vector<float> e_, s_, logits_;
-  std::vector<cpu::Chunk> chunks_;
+  std::vector<Chunk> chunks_;
   std::vector<int32_t> tokens_;
   std::vector<int64_t> iterations_;
 };

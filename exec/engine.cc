@@ -12,8 +12,8 @@
 #include <thread>
 #include <unordered_map>
 
+#include "exec/backend.h"
 #include "exec/cost.h"
-#include "exec/cpu/cpu_model.h"
 #include "exec/depth_batcher.h"
 #include "model/checkpoint.h"
 #include "model/task_protocol.h"
@@ -76,8 +76,7 @@ struct Engine::Impl {
 
   EngineOptions options;
   std::unique_ptr<model::Checkpoint> ckpt;
-  std::unique_ptr<cpu::ThreadPool> pool;
-  std::unique_ptr<cpu::CpuModel> model;
+  std::unique_ptr<Backend> model;
   std::unique_ptr<telemetry::CostModel> cost;
   model::TaskProtocol protocol;
   std::vector<int32_t> chat_stops;
@@ -278,9 +277,11 @@ Result<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& options) {
   PONDER_ASSIGN_OR_RETURN(telemetry::CostModel cm, telemetry::CostModel::Create(DimsOf(
                                                        impl->ckpt->config, impl->ckpt->weights)));
   impl->cost = std::make_unique<telemetry::CostModel>(cm);
-  impl->pool = std::make_unique<cpu::ThreadPool>(options.threads);
-  impl->model =
-      std::make_unique<cpu::CpuModel>(impl->ckpt->config, impl->ckpt->weights, impl->pool.get());
+  BackendOptions backend;
+  backend.kind = options.backend;
+  backend.threads = options.threads;
+  PONDER_ASSIGN_OR_RETURN(impl->model,
+                          MakeBackend(backend, impl->ckpt->config, impl->ckpt->weights));
   impl->batcher = std::make_unique<DepthBatcher>(*impl->model);
   impl->batcher->set_prefill_chunk(options.prefill_chunk_tokens);
   impl->stats.kv_bytes_capacity = options.kv_budget_bytes;

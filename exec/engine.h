@@ -37,6 +37,7 @@ namespace ponder::exec {
 struct EngineOptions {
   std::string model_dir;
   std::vector<std::string> profile_paths;  // domain profiles (JSON); the first is the default
+  std::string backend = "cpu";             // "cpu" or "cuda" (exec/backend.h)
   int threads = 0;                         // CPU threads (0: all cores)
   int max_active = 32;                     // sequences iterating together (batch size)
   int max_queue = 256;                     // waiting requests; beyond it Submit fails (429)

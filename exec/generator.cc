@@ -40,7 +40,7 @@ AdaptiveOptions ToAdaptiveOptions(const GenerateOptions& options) {
   return ao;
 }
 
-Result<GenerateResult> Generate(cpu::CpuModel& model, std::span<const int32_t> prompt,
+Result<GenerateResult> Generate(Backend& model, std::span<const int32_t> prompt,
                                 const GenerateOptions& options,
                                 const std::function<void(int32_t)>& on_token) {
   if (options.steps < 1) return InvalidArgument("generate: steps must be >= 1");
@@ -51,7 +51,7 @@ Result<GenerateResult> Generate(cpu::CpuModel& model, std::span<const int32_t> p
   return FromAdaptive(r);
 }
 
-Result<std::vector<GenerateResult>> GenerateBatch(cpu::CpuModel& model,
+Result<std::vector<GenerateResult>> GenerateBatch(Backend& model,
                                                   const std::vector<std::vector<int32_t>>& prompts,
                                                   const GenerateOptions& options) {
   if (options.steps < 1) return InvalidArgument("generate: steps must be >= 1");

@@ -8,7 +8,7 @@
 
 #include "core/status.h"
 #include "exec/adaptive.h"
-#include "exec/cpu/cpu_model.h"
+#include "exec/backend.h"
 #include "exec/kv_cache.h"
 #include "exec/sampling.h"
 
@@ -37,7 +37,7 @@ AdaptiveOptions ToAdaptiveOptions(const GenerateOptions& options);
 
 // Fixed-depth generation of one sequence: prefill the prompt at `steps` iterations,
 // then one token at a time. `on_token` (may be empty) sees each new id as it is chosen.
-[[nodiscard]] Result<GenerateResult> Generate(cpu::CpuModel& model, std::span<const int32_t> prompt,
+[[nodiscard]] Result<GenerateResult> Generate(Backend& model, std::span<const int32_t> prompt,
                                               const GenerateOptions& options,
                                               const std::function<void(int32_t)>& on_token = {});
 
@@ -45,7 +45,7 @@ AdaptiveOptions ToAdaptiveOptions(const GenerateOptions& options);
 // one core iteration for all unfinished sequences. Sequence b gets exactly what Generate
 // with seed options.seed + b gives, whatever its neighbours.
 [[nodiscard]] Result<std::vector<GenerateResult>> GenerateBatch(
-    cpu::CpuModel& model, const std::vector<std::vector<int32_t>>& prompts,
+    Backend& model, const std::vector<std::vector<int32_t>>& prompts,
     const GenerateOptions& options);
 
 }  // namespace ponder::exec

@@ -31,8 +31,17 @@ int64_t KvStrategy::CoreSlots(int64_t iterations, int64_t n_core) const {
   return kind == Kind::kFull ? steps : std::min(steps, ring);
 }
 
-KvPagePool::KvPagePool(int64_t width) : width_(width) {}
-KvPagePool::~KvPagePool() = default;
+KvPagePool::KvPagePool(int64_t width, PageMemory* memory) : width_(width), memory_(memory) {}
+
+KvPagePool::~KvPagePool() {
+  for (float* page : pages_) {
+    if (memory_ != nullptr) {
+      memory_->Free(page);
+    } else {
+      delete[] page;
+    }
+  }
+}
 
 float* KvPagePool::Take() {
   std::lock_guard<std::mutex> lock(mu_);
@@ -41,8 +50,9 @@ float* KvPagePool::Take() {
     free_.pop_back();
     return page;
   }
-  pages_.push_back(std::make_unique<float[]>(static_cast<size_t>(2 * kPageRows * width_)));
-  return pages_.back().get();
+  const auto floats = static_cast<size_t>(2 * kPageRows * width_);
+  pages_.push_back(memory_ != nullptr ? memory_->Allocate(floats) : new float[floats]);
+  return pages_.back();
 }
 
 void KvPagePool::Give(float* page) {
@@ -94,9 +104,9 @@ void KvSlot::Release(int64_t rows) {
 }
 
 SequenceCache::SequenceCache(int64_t n_prelude, int64_t n_core, int64_t n_coda, int64_t width,
-                             KvStrategy strategy, KvPagePool* pool)
+                             KvStrategy strategy, KvPagePool* pool, PageMemory* memory)
     : n_core_(n_core), width_(width), strategy_(strategy) {
-  if (pool == nullptr) own_pool_ = std::make_unique<KvPagePool>(width);
+  if (pool == nullptr) own_pool_ = std::make_unique<KvPagePool>(width, memory);
   pool_ = pool != nullptr ? pool : own_pool_.get();
   for (int64_t i = 0; i < n_prelude; ++i) prelude_.emplace_back(pool_);
   for (int64_t i = 0; i < n_coda; ++i) coda_.emplace_back(pool_);

@@ -26,6 +26,15 @@ struct KvStrategy {
   int64_t CoreSlots(int64_t iterations, int64_t n_core) const;
 };
 
+// Where KV pages live: host memory (the default) or a device's, through the backend that
+// reads them. Page contents are only ever touched by that backend.
+class PageMemory {
+ public:
+  virtual ~PageMemory() = default;
+  virtual float* Allocate(size_t floats) = 0;
+  virtual void Free(float* page) = 0;
+};
+
 // Fixed-size pages of keys and values: kPageRows positions of one cache slot, laid out
 // [2, kPageRows, width] f32 (the keys' rows, then the values'). A pool hands pages out and
 // takes them back; pages are reused and never returned to the system, so a serving
@@ -35,7 +44,8 @@ class KvPagePool {
  public:
   static constexpr int64_t kPageRows = 16;
 
-  explicit KvPagePool(int64_t width);
+  // `memory`: where pages are allocated (null: host memory); it must outlive the pool.
+  explicit KvPagePool(int64_t width, PageMemory* memory = nullptr);
   ~KvPagePool();
   KvPagePool(const KvPagePool&) = delete;
   KvPagePool& operator=(const KvPagePool&) = delete;
@@ -51,9 +61,10 @@ class KvPagePool {
 
  private:
   int64_t width_;
+  PageMemory* memory_;
   mutable std::mutex mu_;
   std::vector<float*> free_;
-  std::vector<std::unique_ptr<float[]>> pages_;
+  std::vector<float*> pages_;  // every page allocated, in use or free
 };
 
 // Keys and values of one cache slot for one sequence: a page table over a KvPagePool.
@@ -95,8 +106,9 @@ class KvSlot {
 // `pool` is null. Not thread-safe; a sequence is advanced by one caller at a time.
 class SequenceCache {
  public:
+  // `memory` is where a pool of its own allocates (when `pool` is null).
   SequenceCache(int64_t n_prelude, int64_t n_core, int64_t n_coda, int64_t width,
-                KvStrategy strategy, KvPagePool* pool = nullptr);
+                KvStrategy strategy, KvPagePool* pool = nullptr, PageMemory* memory = nullptr);
 
   // Slot of a prelude layer, a core (iteration >= 1, layer) pair, or a coda layer.
   KvSlot& Prelude(int64_t layer) { return prelude_[layer]; }

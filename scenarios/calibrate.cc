@@ -29,7 +29,7 @@ struct Routed {
   policy::DepthPlan plan;  // the class's plan, deadline removed
 };
 
-Result<exec::AdaptiveResult> Run(exec::cpu::CpuModel& model, const Routed& item,
+Result<exec::AdaptiveResult> Run(exec::Backend& model, const Routed& item,
                                  const policy::DepthPlan& plan, const CalibrateOptions& options,
                                  int32_t eos) {
   exec::AdaptiveOptions ao;
@@ -74,7 +74,7 @@ int64_t AgreeingPrefix(const std::vector<int32_t>& reference,
   return static_cast<int64_t>(k);
 }
 
-Result<CalibrationReport> Calibrate(exec::cpu::CpuModel& model, const model::Tokenizer& tokenizer,
+Result<CalibrationReport> Calibrate(exec::Backend& model, const model::Tokenizer& tokenizer,
                                     const policy::DomainProfile& profile,
                                     const std::vector<WorkloadItem>& items,
                                     const CalibrateOptions& options) {

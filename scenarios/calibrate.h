@@ -18,7 +18,7 @@
 // max_tokens, so that the exit rule is the only difference. Deadlines are ignored (they
 // would make the outcome depend on the machine's speed); budgets and load do not apply.
 //
-// Not thread-safe (one CpuModel, items run one after another; the model's pool parallelises
+// Not thread-safe (one backend, items run one after another; the model's pool parallelises
 // inside each step).
 
 #include <cstdint>
@@ -28,7 +28,7 @@
 #include <vector>
 
 #include "core/status.h"
-#include "exec/cpu/cpu_model.h"
+#include "exec/backend.h"
 #include "model/tokenizer.h"
 #include "policy/calibration.h"
 #include "policy/profile.h"
@@ -105,7 +105,7 @@ struct CalibrationReport {
 
 // Runs the calibration. Errors: invalid target, unknown / unusable class in
 // options.classes, an item the tokenizer or the planner rejects, a generation error.
-[[nodiscard]] Result<CalibrationReport> Calibrate(exec::cpu::CpuModel& model,
+[[nodiscard]] Result<CalibrationReport> Calibrate(exec::Backend& model,
                                                   const model::Tokenizer& tokenizer,
                                                   const policy::DomainProfile& profile,
                                                   const std::vector<WorkloadItem>& items,

@@ -74,8 +74,7 @@ double Score::Cost(const policy::Pricing& pricing) const {
 namespace {
 
 // One request with the profile's plan and per-token exits; `plan` receives the plan.
-Result<exec::AdaptiveResult> RunPlanned(exec::cpu::CpuModel& model,
-                                        const policy::DomainProfile& profile,
+Result<exec::AdaptiveResult> RunPlanned(exec::Backend& model, const policy::DomainProfile& profile,
                                         const WorkloadItem& item, std::vector<int32_t> prompt,
                                         const ReplayOptions& options, uint64_t seed, int32_t eos,
                                         policy::DepthPlan& plan) {
@@ -101,7 +100,7 @@ Result<exec::AdaptiveResult> RunPlanned(exec::cpu::CpuModel& model,
 
 }  // namespace
 
-Result<ReplayReport> Replay(exec::cpu::CpuModel& model, const model::Tokenizer& tokenizer,
+Result<ReplayReport> Replay(exec::Backend& model, const model::Tokenizer& tokenizer,
                             const std::vector<WorkloadItem>& items, const ReplayOptions& options) {
   PONDER_ASSIGN_OR_RETURN(const model::TaskProtocol protocol,
                           model::ProtocolOf(tokenizer, "replay"));

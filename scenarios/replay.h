@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "core/status.h"
-#include "exec/cpu/cpu_model.h"
+#include "exec/backend.h"
 #include "exec/kv_cache.h"
 #include "model/tokenizer.h"
 #include "policy/profile.h"
@@ -101,8 +101,7 @@ struct ReplayReport {
 // Scores a workload with the runtime. Protocol of the bundled model's tasks: the prompt is
 // encoded without specials after <|begin_text|>; greedy decoding until <|end_text|> (or
 // max_tokens); the answer (specials dropped) must equal `expected` exactly.
-[[nodiscard]] Result<ReplayReport> Replay(exec::cpu::CpuModel& model,
-                                          const model::Tokenizer& tokenizer,
+[[nodiscard]] Result<ReplayReport> Replay(exec::Backend& model, const model::Tokenizer& tokenizer,
                                           const std::vector<WorkloadItem>& items,
                                           const ReplayOptions& options);
 

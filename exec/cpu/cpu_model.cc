@@ -25,18 +25,6 @@ void AddInPlace(float* x, const float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] += y[i];
 }
 
-uint64_t SplitMix64(uint64_t& state) {
-  uint64_t z = (state += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
-// Uniform in (0, 1).
-double Uniform(uint64_t& state) {
-  return (static_cast<double>(SplitMix64(state) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
-}
-
 // One decode query against ctx keys and values of one head: out[hd] =
 // softmax(q . k^T * scale) . v. `k(p)` and `v(p)` give the head's row at position p (from a
 // contiguous buffer or a slot's pages: the same numbers, read in position order). Loops
@@ -71,60 +59,25 @@ void AttendOne(const float* q, const KRows& k, const VRows& v, int64_t hd, int64
 
 }  // namespace
 
+CpuModel::CpuModel(const model::Config& config, const model::Weights& weights, int threads)
+    : CpuModel(config, weights, static_cast<ThreadPool*>(nullptr)) {
+  own_pool_ = std::make_unique<ThreadPool>(threads);
+  pool_ = own_pool_.get();
+}
+
 CpuModel::CpuModel(const model::Config& config, const model::Weights& weights, ThreadPool* pool)
-    : config_(config),
-      weights_(weights),
+    : Backend(config, weights),
       pool_(pool),
       d_(config.n_embd),
       heads_(config.n_heads),
       head_dim_(config.head_dim),
       ffn_(config.intermediate_size) {
-  // RoPE on adjacent pairs: angle(p, i) = p / base^(2i / head_dim). As the reference,
-  // the inverse frequencies and the angles are f32 values (this matters at long
-  // positions: the angle's rounding is part of the trained model).
-  const int64_t half = head_dim_ / 2;
-  rope_cos_.resize(config.block_size * half);
-  rope_sin_.resize(config.block_size * half);
-  for (int64_t i = 0; i < half; ++i) {
-    const float exponent = static_cast<float>(2 * i) / static_cast<float>(head_dim_);
-    const float inv_freq = 1.0f / static_cast<float>(std::pow(
-                                      static_cast<double>(static_cast<float>(config.rope_base)),
-                                      static_cast<double>(exponent)));
-    for (int64_t p = 0; p < config.block_size; ++p) {
-      const float angle = static_cast<float>(p) * inv_freq;
-      rope_cos_[p * half + i] = static_cast<float>(std::cos(static_cast<double>(angle)));
-      rope_sin_[p * half + i] = static_cast<float>(std::sin(static_cast<double>(angle)));
-    }
-  }
-}
-
-std::unique_ptr<SequenceCache> CpuModel::NewCache(KvStrategy strategy, KvPagePool* pool) const {
-  return std::make_unique<SequenceCache>(config_.n_layers_in_prelude,
-                                         config_.n_layers_in_recurrent_block,
-                                         config_.n_layers_in_coda, d_, strategy, pool);
+  RopeTables(config, &rope_cos_, &rope_sin_);
 }
 
 Status CpuModel::Prelude(std::span<const Chunk> chunks, std::span<const int32_t> tokens, float* e) {
+  PONDER_RETURN_IF_ERROR(CheckPrelude(chunks, tokens));
   const int64_t n = TotalRows(chunks);
-  if (static_cast<int64_t>(tokens.size()) != n) {
-    return InvalidArgument("prelude: " + std::to_string(tokens.size()) + " tokens for " +
-                           std::to_string(n) + " rows");
-  }
-  for (const Chunk& c : chunks) {
-    if (c.count < 1 || c.pos < 0 || c.pos + c.count > config_.block_size) {
-      return OutOfRange("prelude: positions [" + std::to_string(c.pos) + ", " +
-                        std::to_string(c.pos + c.count) + ") exceed block_size " +
-                        std::to_string(config_.block_size));
-    }
-  }
-  for (int64_t r = 0; r < n; ++r) {
-    const int32_t id = tokens[r];
-    if (id < 0 || id >= weights_.wte.shape[0]) {
-      return OutOfRange("prelude: token id " + std::to_string(id) + " at row " + std::to_string(r) +
-                        " is outside the vocabulary [0, " + std::to_string(weights_.wte.shape[0]) +
-                        ")");
-    }
-  }
   const float scale = static_cast<float>(config_.embed_scale);
   for (int64_t r = 0; r < n; ++r) {
     float* row = e + r * d_;
@@ -137,34 +90,6 @@ Status CpuModel::Prelude(std::span<const Chunk> chunks, std::span<const int32_t>
     Block(chunks, weights_.prelude[l], slot_ptrs_, e);
   }
   return Status::Ok();
-}
-
-void CpuModel::InitState(std::span<const Chunk> chunks, uint64_t seed, uint64_t stream,
-                         double scale, float* s) const {
-  int64_t row = 0;
-  const double std = config_.init_std;
-  const double mult = config_.embed_scale * scale;
-  for (const Chunk& c : chunks) {
-    for (int64_t t = 0; t < c.count; ++t, ++row) {
-      float* out = s + row * d_;
-      if (scale == 0.0) {
-        std::fill(out, out + d_, 0.0f);
-        continue;
-      }
-      uint64_t state = seed;
-      SplitMix64(state);
-      state ^= 0xd1b54a32d192ed03ull * (stream + 1);
-      SplitMix64(state);
-      state ^= 0x8cb92ba72f3d8dd7ull * static_cast<uint64_t>(c.pos + t + 1);
-      for (int64_t j = 0; j < d_; ++j) {
-        double z;
-        do {  // Box-Muller, rejecting draws beyond 3 standard deviations.
-          z = std::sqrt(-2.0 * std::log(Uniform(state))) * std::cos(2.0 * M_PI * Uniform(state));
-        } while (std::fabs(z) > 3.0);
-        out[j] = static_cast<float>(z * std * mult);
-      }
-    }
-  }
 }
 
 void CpuModel::CoreStep(std::span<const Chunk> chunks, std::span<const int64_t> iterations,
@@ -407,31 +332,6 @@ void CpuModel::Attention(std::span<const Chunk> chunks, std::span<KvSlot* const>
   } else {
     body(0, tasks);
   }
-}
-
-Result<std::vector<float>> CpuModel::Forward(SequenceCache& cache, std::span<const int32_t> tokens,
-                                             int64_t steps, const float* state, uint64_t seed,
-                                             double init_scale, std::vector<float>* final_state) {
-  if (tokens.empty()) return InvalidArgument("forward: no tokens");
-  if (steps < 1) return InvalidArgument("forward: steps must be >= 1");
-  const int64_t n = static_cast<int64_t>(tokens.size());
-  Chunk chunk{&cache, cache.tokens(), n};
-  std::span<const Chunk> chunks(&chunk, 1);
-  std::vector<float> e(n * d_), s(n * d_);
-  PONDER_RETURN_IF_ERROR(Prelude(chunks, tokens, e.data()));
-  if (state != nullptr) {
-    std::memcpy(s.data(), state, s.size() * sizeof(float));
-  } else {
-    InitState(chunks, seed, 0, init_scale, s.data());
-  }
-  for (int64_t i = 1; i <= steps; ++i) {
-    const int64_t it = i;
-    CoreStep(chunks, std::span<const int64_t>(&it, 1), e.data(), s.data());
-  }
-  std::vector<float> logits(n * weights_.lm_head.shape[0]);
-  Coda(chunks, s.data(), /*last_only=*/false, logits.data());
-  if (final_state != nullptr) *final_state = std::move(s);
-  return logits;
 }
 
 }  // namespace ponder::exec::cpu

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/status.h"
+#include "exec/backend.h"
 #include "exec/cpu/kernels.h"
 #include "exec/kv_cache.h"
 #include "model/config.h"
@@ -14,69 +15,43 @@
 
 namespace ponder::exec::cpu {
 
-// A run of new tokens of one sequence inside a batched call. Rows of all chunks are
-// concatenated in call order: chunk b owns rows [row_offset(b), row_offset(b) + count).
-struct Chunk {
-  SequenceCache* cache = nullptr;  // the sequence's KV cache (not owned)
-  int64_t pos = 0;                 // position of the first new token
-  int64_t count = 0;               // number of new tokens (>= 1)
-};
+using exec::Chunk;
 
-// The Huginn forward pass (reference/huginn.md §3) on the CPU, phase by phase, for a
-// batch of sequences of different lengths and, in CoreStep, different depths. The model
-// does not own the weights (they usually point into the loaded checkpoint) nor the pool.
-// Not thread-safe: one caller drives a CpuModel at a time (it reuses scratch buffers).
-//
-// Shapes: N = total new rows of the call, d = n_embd, V = padded_vocab_size.
-class CpuModel {
+// The Huginn forward pass (reference/huginn.md §3) on the CPU: the Backend contract with
+// Eigen and oneTBB. The model does not own the weights (they usually point into the loaded
+// checkpoint). Not thread-safe: one caller drives a CpuModel at a time (it reuses scratch
+// buffers).
+class CpuModel : public Backend {
  public:
+  // Runs on `pool` (not owned; null: the calling thread only).
   CpuModel(const model::Config& config, const model::Weights& weights, ThreadPool* pool);
+  // Runs on a pool of its own with `threads` workers (0: all hardware threads).
+  CpuModel(const model::Config& config, const model::Weights& weights, int threads);
 
-  const model::Config& config() const { return config_; }
+  std::string name() const override { return "cpu"; }
   ThreadPool* pool() const { return pool_; }
 
   // Embeds tokens (x embed_scale) and runs the prelude; writes prelude KV.
   // tokens: [N] ids < padded_vocab_size; e: [N, d].
   [[nodiscard]] Status Prelude(std::span<const Chunk> chunks, std::span<const int32_t> tokens,
-                               float* e);
-
-  // Initial latent state for row positions: truncated normal (std init_std, cut at
-  // +-3 std) x embed_scale x scale; scale 0 gives zeros. Each row's values depend only
-  // on (seed, position of the row, `stream`), never on its batch neighbours.
-  void InitState(std::span<const Chunk> chunks, uint64_t seed, uint64_t stream, double scale,
-                 float* s) const;
+                               float* e) override;
 
   // One core iteration: s <- core_block(adapter(cat[s, e])). iterations[b] (>= 1) is the
   // 1-based iteration chunk b is computing; it selects its KV slots. s, e: [N, d].
   void CoreStep(std::span<const Chunk> chunks, std::span<const int64_t> iterations, const float* e,
-                float* s);
+                float* s) override;
 
   // ln_f, coda (writes coda KV for every row), ln_f, head. logits receives the rows
   // selected by `last_only` (true: the last row of each chunk -> [B, V]; false: every
   // row -> [N, V]). s is not modified. logits may be null (coda KV only).
-  void Coda(std::span<const Chunk> chunks, const float* s, bool last_only, float* logits);
-
-  // Convenience: the full forward of one sequence at `steps` iterations from a given
-  // state (or InitState with seed/scale when `state` is null), appending to the cache.
-  // Returns logits of every new row, [count, V]; `final_state` (if not null) receives
-  // the last core iteration's output, [count, d].
-  [[nodiscard]] Result<std::vector<float>> Forward(SequenceCache& cache,
-                                                   std::span<const int32_t> tokens, int64_t steps,
-                                                   const float* state, uint64_t seed,
-                                                   double init_scale,
-                                                   std::vector<float>* final_state = nullptr);
+  void Coda(std::span<const Chunk> chunks, const float* s, bool last_only, float* logits) override;
 
   // Batch invariance (default on): every row's arithmetic is the same whatever else shares
   // the call, so batched serving gives exactly the batch-1 tokens and exit steps. Linear
   // weights are then packed (transposed f32, up to 256 MiB in all) for LinearPacked, the
   // rest stream in slices of 64 rows. Off, batches above 64 rows take the GEMM path.
-  void set_batch_invariant(bool on) { batch_invariant_ = on; }
-  bool batch_invariant() const { return batch_invariant_; }
-
-  // A fresh cache for one sequence.
-  // A cache for this model; its pages come from `pool` (null: a pool of its own).
-  std::unique_ptr<SequenceCache> NewCache(KvStrategy strategy = {},
-                                          KvPagePool* pool = nullptr) const;
+  void set_batch_invariant(bool on) override { batch_invariant_ = on; }
+  bool batch_invariant() const override { return batch_invariant_; }
 
  private:
   void Lin(const float* x, int64_t n, int64_t ldx, const TensorView& w, float* y, int64_t ldy);
@@ -85,8 +60,7 @@ class CpuModel {
   void Attention(std::span<const Chunk> chunks, std::span<KvSlot* const> slots,
                  const model::BlockWeights& w, float* qkv, float* out);
 
-  const model::Config& config_;
-  const model::Weights& weights_;
+  std::unique_ptr<ThreadPool> own_pool_;
   ThreadPool* pool_;
   bool batch_invariant_ = true;
   // Linear weights packed for LinearPacked (batch-invariant mode), by their data pointer;

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <vector>
 
+#include "exec/cpu/cpu_model.h"
 #include "exec/generator.h"
 #include "model/checkpoint.h"
 #include "tests/random_model.h"

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "exec/cost.h"
+#include "exec/cpu/cpu_model.h"
 #include "model/checkpoint.h"
 
 namespace ponder::exec {

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "exec/adaptive.h"
+#include "exec/cpu/cpu_model.h"
 #include "model/checkpoint.h"
 
 namespace ponder::exec {

@@ -11,6 +11,7 @@
 #include <sstream>
 #include <string>
 
+#include "exec/cpu/cpu_model.h"
 #include "model/checkpoint.h"
 #include "policy/profile.h"
 #include "scenarios/profile_edit.h"

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "exec/cost.h"
+#include "exec/cpu/cpu_model.h"
 #include "exec/cpu/madd_counter.h"
 #include "model/checkpoint.h"
 #include "policy/profile.h"

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <string>
 
+#include "exec/cpu/cpu_model.h"
 #include "exec/generator.h"
 #include "model/checkpoint.h"
 #include "policy/profile.h"

@@ -1,0 +1,185 @@
+// Decode speed of the CUDA backend for the Huginn-0125 shape (random bf16 weights) against
+// the device's memory-bandwidth floor, measured in the same run.
+//
+//   gpu_decode_bench [--depths 4,32,64] [--batches 1,8,32] [--prompt 16] [--tokens 8]
+//                    [--width huginn|small] [--device 0] [--json FILE]
+//
+// Per (batch, depth): `batch` sequences prefill `prompt` tokens, then decode `tokens`
+// tokens each; a token is prelude + initial state + r core iterations + coda + head for
+// every sequence of the batch (one call per phase, as the scheduler issues them). Reported:
+// the median milliseconds per decode step, tokens per second (batch / step time), and the
+// floor: the weight bytes one step reads (prelude, r x (adapter + core), coda, head) over
+// the device-to-device copy bandwidth measured first.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "exec/backend.h"
+#include "exec/cuda/cuda_model.h"
+#include "tests/random_model.h"
+
+namespace {
+
+using namespace ponder;
+
+std::vector<int64_t> Ints(const std::string& s) {
+  std::vector<int64_t> out;
+  size_t i = 0;
+  while (i < s.size()) {
+    size_t j = s.find(',', i);
+    if (j == std::string::npos) j = s.size();
+    out.push_back(std::stoll(s.substr(i, j - i)));
+    i = j + 1;
+  }
+  return out;
+}
+
+uint64_t Bytes(const TensorView& t) { return t.empty() ? 0 : t.bytes(); }
+
+uint64_t BlockBytes(const model::BlockWeights& b) {
+  uint64_t n = 0;
+  for (const TensorView* t : {&b.norm_1, &b.norm_2, &b.norm_3, &b.norm_4, &b.wqkv, &b.qk_bias,
+                              &b.attn_proj, &b.mlp_fc, &b.mlp_proj}) {
+    n += Bytes(*t);
+  }
+  return n;
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string depths = "4,32,64", batches = "1,8,32", width = "huginn", json_path;
+  int64_t prompt = 16, tokens = 8;
+  int device = 0;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string k = argv[i], v = argv[i + 1];
+    if (k == "--depths") {
+      depths = v;
+    } else if (k == "--batches") {
+      batches = v;
+    } else if (k == "--prompt") {
+      prompt = std::stoll(v);
+    } else if (k == "--tokens") {
+      tokens = std::stoll(v);
+    } else if (k == "--width") {
+      width = v;
+    } else if (k == "--device") {
+      device = std::stoi(v);
+    } else if (k == "--json") {
+      json_path = v;
+    } else {
+      std::fprintf(stderr, "unknown option %s\n", k.c_str());
+      return 2;
+    }
+  }
+  if (exec::cuda::DeviceCount() == 0) {
+    std::fprintf(stderr, "gpu_decode_bench: no CUDA device\n");
+    return 77;
+  }
+  auto bw = exec::cuda::MeasureCopyBandwidth(device, 1ull << 30, 21);
+  if (!bw.ok()) {
+    std::fprintf(stderr, "gpu_decode_bench: %s\n", bw.status().ToString().c_str());
+    return 1;
+  }
+  // Huginn-0125: n_embd 5280, 55 heads (head_dim 96), MLP 17920, 2 prelude, 4 core and
+  // 2 coda layers, vocabulary 65536, untied head.
+  model::Config cfg = width == "huginn" ? testing::SmallConfig(5280, 55, 17920, 2, 4, 2, 65536)
+                                        : testing::SmallConfig(512, 8, 1536, 2, 4, 2, 4096);
+  cfg.tie_embeddings = false;
+  cfg.block_size = 4096;
+  std::printf("building random bf16 weights (n_embd %lld)...\n", (long long)cfg.n_embd);
+  std::fflush(stdout);
+  testing::RandomModel rm(cfg, DType::kBF16, 1);
+  const model::Weights& w = rm.weights();
+  exec::BackendOptions o;
+  o.kind = "cuda";
+  o.device = device;
+  auto made = exec::MakeBackend(o, rm.config(), w);
+  if (!made.ok()) {
+    std::fprintf(stderr, "gpu_decode_bench: %s\n", made.status().ToString().c_str());
+    return 1;
+  }
+  auto* gpu = static_cast<exec::cuda::CudaModel*>(made->get());
+  uint64_t fixed = Bytes(w.lm_head) + Bytes(w.ln_f);  // plus one embedding row per token
+  for (const auto& b : w.prelude) fixed += BlockBytes(b);
+  for (const auto& b : w.coda) fixed += BlockBytes(b);
+  uint64_t per_iteration = Bytes(w.adapter);
+  for (const auto& b : w.core) per_iteration += BlockBytes(b);
+  std::printf("device: %s (sm_%d%d), %.1f GiB; weights on device %.2f GiB\n",
+              gpu->device().name.c_str(), gpu->device().sm_major, gpu->device().sm_minor,
+              gpu->device().memory_bytes / 1073741824.0, gpu->device_weight_bytes() / 1073741824.0);
+  std::printf("copy bandwidth (device to device, reads + writes): %.0f GB/s\n", *bw / 1e9);
+  std::printf("%6s %6s %12s %12s %12s %10s %12s\n", "batch", "r", "floor_ms", "step_ms", "of_floor",
+              "tok/s", "bytes/step");
+  std::string json = "{\"device\": \"" + gpu->device().name +
+                     "\", \"copy_bandwidth_gbs\": " + std::to_string(*bw / 1e9) + ", \"rows\": [";
+  bool first = true;
+  const int64_t d = cfg.n_embd, v = cfg.padded_vocab_size;
+  for (int64_t batch : Ints(batches)) {
+    for (int64_t r : Ints(depths)) {
+      auto pool = gpu->NewPagePool();
+      std::vector<std::unique_ptr<exec::SequenceCache>> caches;
+      for (int64_t b = 0; b < batch; ++b) caches.push_back(gpu->NewCache({}, pool.get()));
+      // Prefill: every sequence's prompt in one call per phase.
+      std::vector<exec::Chunk> chunks;
+      std::vector<int32_t> toks;
+      for (int64_t b = 0; b < batch; ++b) {
+        chunks.push_back({caches[b].get(), 0, prompt});
+        for (int64_t t = 0; t < prompt; ++t)
+          toks.push_back(static_cast<int32_t>((b * 31 + t * 7) % cfg.vocab_size));
+      }
+      auto step = [&](std::vector<exec::Chunk>& ch, const std::vector<int32_t>& in) {
+        int64_t n = 0;
+        for (const auto& c : ch) n += c.count;
+        std::vector<float> e(n * d), s(n * d), logits(ch.size() * v);
+        if (!gpu->Prelude(ch, in, e.data()).ok()) std::abort();
+        gpu->InitState(ch, 7, 0, 1.0, s.data());
+        std::vector<int64_t> its(ch.size());
+        for (int64_t i = 1; i <= r; ++i) {
+          std::fill(its.begin(), its.end(), i);
+          gpu->CoreStep(ch, its, e.data(), s.data());
+        }
+        gpu->Coda(ch, s.data(), /*last_only=*/true, logits.data());
+        std::vector<int32_t> next(ch.size());
+        for (size_t b = 0; b < ch.size(); ++b) {
+          const float* row = logits.data() + b * v;
+          next[b] = static_cast<int32_t>(std::max_element(row, row + cfg.vocab_size) - row);
+        }
+        return next;
+      };
+      std::vector<int32_t> next = step(chunks, toks);
+      std::vector<double> times;
+      for (int64_t t = 0; t < tokens; ++t) {
+        for (int64_t b = 0; b < batch; ++b) chunks[b] = {caches[b].get(), prompt + t, 1};
+        const auto t0 = std::chrono::steady_clock::now();
+        next = step(chunks, next);
+        times.push_back(
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      }
+      const double step_s = Median(times);
+      const double bytes = static_cast<double>(fixed + r * per_iteration);
+      const double floor_s = bytes / *bw;
+      std::printf("%6lld %6lld %12.2f %12.2f %11.0f%% %10.1f %12.3e\n", (long long)batch,
+                  (long long)r, floor_s * 1e3, step_s * 1e3, 100.0 * floor_s / step_s,
+                  batch / step_s, bytes);
+      std::fflush(stdout);
+      json += std::string(first ? "" : ", ") + "{\"batch\": " + std::to_string(batch) +
+              ", \"r\": " + std::to_string(r) + ", \"floor_ms\": " + std::to_string(floor_s * 1e3) +
+              ", \"step_ms\": " + std::to_string(step_s * 1e3) +
+              ", \"tokens_per_s\": " + std::to_string(batch / step_s) + "}";
+      first = false;
+    }
+  }
+  json += "]}\n";
+  if (!json_path.empty()) std::ofstream(json_path) << json;
+  return 0;
+}

@@ -1,0 +1,811 @@
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <unordered_map>
+#include <vector>
+
+#include "core/dtype.h"
+#include "exec/cpu/kernels.h"
+#include "exec/cuda/cuda_model.h"
+
+namespace ponder::exec::cuda {
+namespace {
+
+// A failed CUDA or cuBLAS call inside a forward phase is a device fault, not bad input: the
+// phases have no error path (their inputs were checked), so the process reports and stops.
+void Die(const char* what, const char* detail, const char* file, int line) {
+  std::fprintf(stderr, "ponder: fatal: CUDA backend: %s: %s (%s:%d)\n", what, detail, file, line);
+  std::abort();
+}
+
+#define PONDER_CUDA_CHECK(call)                                                        \
+  do {                                                                                 \
+    const cudaError_t err_ = (call);                                                   \
+    if (err_ != cudaSuccess) Die(#call, cudaGetErrorString(err_), __FILE__, __LINE__); \
+  } while (0)
+
+#define PONDER_CUBLAS_CHECK(call)                                                                 \
+  do {                                                                                            \
+    const cublasStatus_t st_ = (call);                                                            \
+    if (st_ != CUBLAS_STATUS_SUCCESS) Die(#call, cublasGetStatusString(st_), __FILE__, __LINE__); \
+  } while (0)
+
+Status CudaStatus(cudaError_t err, const std::string& what) {
+  return Unavailable("backend cuda: " + what + ": " + cudaGetErrorString(err));
+}
+
+constexpr int kThreads = 256;
+
+// ---- kernels ----------------------------------------------------------------------------
+
+__device__ inline float Load(const float* p, int64_t i) { return p[i]; }
+__device__ inline float Load(const __nv_bfloat16* p, int64_t i) { return __bfloat162float(p[i]); }
+
+// Sum over the block; every thread gets the result. `red` holds blockDim.x / 32 floats.
+__device__ float BlockSum(float v, float* red) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  __syncthreads();  // `red` may still be read by a previous reduction
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  float t = 0.0f;
+  for (int w = 0; w < warps; ++w) t += red[w];
+  return t;
+}
+
+__device__ float BlockMax(float v, float* red) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  __syncthreads();
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  float t = -INFINITY;
+  for (int w = 0; w < warps; ++w) t = fmaxf(t, red[w]);
+  return t;
+}
+
+// e[r] = wte[tokens[r]] * scale. One block per row.
+template <typename W>
+__global__ void EmbedKernel(const int32_t* tokens, const W* wte, int64_t d, float scale, float* e) {
+  const int64_t r = blockIdx.x;
+  const W* src = wte + static_cast<int64_t>(tokens[r]) * d;
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) e[r * d + j] = Load(src, j) * scale;
+}
+
+// out[r] = rmsnorm(x[r] (+ y[r])) * w; x, y and out may alias (each thread writes only the
+// elements it read). With `add`, x[r] + y[r] is also the normalised input. One block per row.
+__global__ void RmsNormKernel(float* x, const float* y, const float* w, int64_t d, float eps,
+                              float* out) {
+  __shared__ float red[kThreads / 32];
+  const int64_t r = blockIdx.x;
+  float* xr = x + r * d;
+  float ss = 0.0f;
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+    float v = xr[j];
+    if (y != nullptr) {
+      v += y[r * d + j];
+      xr[j] = v;
+    }
+    ss += v * v;
+  }
+  const float total = BlockSum(ss, red);
+  const float scale = 1.0f / sqrtf(total / static_cast<float>(d) + eps);
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) out[r * d + j] = (xr[j] * scale) * w[j];
+}
+
+// Converts f32 rows to the weights' type for a product: y[r, j] = x[r * ldx + j].
+template <typename T>
+__global__ void ConvertKernel(const float* x, int64_t n, int64_t cols, int64_t ldx, T* y) {
+  const int64_t total = n * cols;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = i / cols, j = i % cols;
+    if constexpr (std::is_same_v<T, float>) {
+      y[i] = x[r * ldx + j];
+    } else {
+      y[i] = __float2bfloat16(x[r * ldx + j]);
+    }
+  }
+}
+
+// qk bias (before RoPE), RoPE on adjacent pairs of q and k, then the row's k and v go to
+// its KV page rows. One block per row. qkv: [N, 3d]; bias: [2d] or null.
+__global__ void RopeStoreKernel(float* qkv, const float* bias, const float* cos_t,
+                                const float* sin_t, const int32_t* positions, float* const* kdst,
+                                float* const* vdst, int64_t d, int64_t hd) {
+  const int64_t r = blockIdx.x;
+  float* q = qkv + r * 3 * d;
+  float* k = q + d;
+  const float* v = k + d;
+  const int64_t half = hd / 2;
+  const int64_t pos = positions[r];
+  float* kout = kdst[r];
+  float* vout = vdst[r];
+  for (int64_t m = threadIdx.x; m < d / 2; m += blockDim.x) {
+    const int64_t h = m / half, i = m % half;
+    const int64_t j = h * hd + 2 * i;
+    const float c = cos_t[pos * half + i], s = sin_t[pos * half + i];
+    float q0 = q[j], q1 = q[j + 1], k0 = k[j], k1 = k[j + 1];
+    if (bias != nullptr) {
+      q0 += bias[j];
+      q1 += bias[j + 1];
+      k0 += bias[d + j];
+      k1 += bias[d + j + 1];
+    }
+    q[j] = q0 * c - q1 * s;
+    q[j + 1] = q0 * s + q1 * c;
+    kout[j] = k0 * c - k1 * s;
+    kout[j + 1] = k0 * s + k1 * c;
+  }
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) vout[j] = v[j];
+}
+
+// Causal attention of one query row and one head: out[r, h] = softmax(q . K^T * scale) V
+// over the row's visible positions, whose key and value rows are given by pointer tables
+// (a chunk's table lists its positions in order; a token that stopped iterating early
+// points at its last iteration's rows). Grid (N, heads); scores in shared memory.
+__global__ void AttentionKernel(const float* qkv, const int32_t* row_table,
+                                const int32_t* row_visible, const float* const* kp,
+                                const float* const* vp, int64_t d, int64_t hd, float scale,
+                                float* out) {
+  extern __shared__ float smem[];
+  float* red = smem;                     // kThreads / 32
+  float* scores = smem + kThreads / 32;  // visible
+  const int64_t r = blockIdx.x, h = blockIdx.y;
+  const float* q = qkv + r * 3 * d + h * hd;
+  const int64_t base = row_table[r];
+  const int64_t visible = row_visible[r];
+  float mx = -INFINITY;
+  for (int64_t p = threadIdx.x; p < visible; p += blockDim.x) {
+    const float* k = kp[base + p] + h * hd;
+    float dot = 0.0f;
+    for (int64_t i = 0; i < hd; ++i) dot += q[i] * k[i];
+    scores[p] = dot * scale;
+    mx = fmaxf(mx, scores[p]);
+  }
+  mx = BlockMax(mx, red);
+  float sum = 0.0f;
+  for (int64_t p = threadIdx.x; p < visible; p += blockDim.x) {
+    scores[p] = expf(scores[p] - mx);
+    sum += scores[p];
+  }
+  sum = BlockSum(sum, red);  // also orders the scores' writes before the reads below
+  const float inv = 1.0f / sum;
+  for (int64_t i = threadIdx.x; i < hd; i += blockDim.x) {
+    float acc = 0.0f;
+    for (int64_t p = 0; p < visible; ++p) acc += scores[p] * vp[base + p][h * hd + i];
+    out[r * d + h * hd + i] = acc * inv;
+  }
+}
+
+// g[r, j] = silu(f[r, j]) * f[r, ffn + j]; f: [N, 2 ffn], g: [N, ffn].
+__global__ void SiluGateKernel(const float* f, int64_t n, int64_t ffn, float* g) {
+  const int64_t total = n * ffn;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = i / ffn, j = i % ffn;
+    const float gate = f[r * 2 * ffn + j];
+    g[i] = gate / (1.0f + expf(-gate)) * f[r * 2 * ffn + ffn + j];
+  }
+}
+
+// out[b] = x[rows[b]]; rows of d floats.
+__global__ void GatherRowsKernel(const float* x, const int32_t* rows, int64_t d, float* out) {
+  const int64_t b = blockIdx.x;
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) out[b * d + j] = x[rows[b] * d + j];
+}
+
+int Blocks(int64_t total) {
+  return static_cast<int>(std::clamp<int64_t>((total + kThreads - 1) / kThreads, 1, 65535));
+}
+
+// ---- device memory ----------------------------------------------------------------------
+
+// A device buffer that grows on demand (contents are not kept across growth).
+template <typename T>
+struct DeviceBuffer {
+  T* ptr = nullptr;
+  size_t size = 0;
+  ~DeviceBuffer() {
+    if (ptr != nullptr) cudaFree(ptr);
+  }
+  T* Get(size_t n) {
+    if (n > size) {
+      if (ptr != nullptr) PONDER_CUDA_CHECK(cudaFree(ptr));
+      size = std::max(n, size * 2);
+      PONDER_CUDA_CHECK(cudaMalloc(&ptr, size * sizeof(T)));
+    }
+    return ptr;
+  }
+};
+
+class DevicePages : public PageMemory {
+ public:
+  explicit DevicePages(int device) : device_(device) {}
+  float* Allocate(size_t floats) override {
+    PONDER_CUDA_CHECK(cudaSetDevice(device_));
+    void* p = nullptr;
+    if (cudaMalloc(&p, floats * sizeof(float)) != cudaSuccess) {
+      cudaGetLastError();  // clear the error: the caller sees an allocation failure
+      throw std::bad_alloc();
+    }
+    return static_cast<float*>(p);
+  }
+  void Free(float* page) override {
+    cudaSetDevice(device_);
+    cudaFree(page);
+  }
+
+ private:
+  int device_;
+};
+
+// A weight matrix on the device: [rows, cols] row-major, bf16 or f32.
+struct DeviceMatrix {
+  void* ptr = nullptr;
+  int64_t rows = 0, cols = 0;
+};
+
+struct DeviceBlock {
+  const float *norm_1, *norm_2, *norm_3, *norm_4, *qk_bias;  // qk_bias null without bias
+  DeviceMatrix wqkv, attn_proj, mlp_fc, mlp_proj;
+};
+
+int64_t TotalRows(std::span<const Chunk> chunks) {
+  int64_t n = 0;
+  for (const Chunk& c : chunks) n += c.count;
+  return n;
+}
+
+}  // namespace
+
+struct CudaModel::Impl {
+  DeviceInfo info;
+  bool bf16 = true;
+  cudaStream_t stream = nullptr;
+  cublasHandle_t blas = nullptr;
+  DevicePages pages{0};
+  std::vector<void*> allocations;  // weights and tables, freed at the end
+  uint64_t weight_bytes = 0;
+  std::unordered_map<const void*, DeviceMatrix> matrices;  // by host data pointer (tied head)
+  std::unordered_map<const void*, const float*> vectors;
+  DeviceMatrix wte, adapter, lm_head;
+  const float* ln_f = nullptr;
+  std::vector<DeviceBlock> prelude, core, coda;
+  const float *rope_cos = nullptr, *rope_sin = nullptr;
+  // Scratch.
+  DeviceBuffer<float> x, e, s, h, qkv, attn, tmp, ffn, gate, logits, last;
+  DeviceBuffer<unsigned char> stage_a, stage_b;  // weights-typed inputs of the products
+  DeviceBuffer<int32_t> tokens;
+  DeviceBuffer<unsigned char> table;  // per-call row tables (positions, KV row pointers)
+  unsigned char* table_dev = nullptr;
+  std::vector<unsigned char> host_table;
+  void* pinned = nullptr;
+  size_t pinned_size = 0;
+  int64_t d = 0, heads = 0, hd = 0, ffn_dim = 0, vocab = 0;
+  size_t attn_smem_limit = 48 * 1024;
+
+  ~Impl() {
+    if (info.ordinal >= 0) cudaSetDevice(info.ordinal);
+    for (void* p : allocations) cudaFree(p);
+    if (pinned != nullptr) cudaFreeHost(pinned);
+    if (blas != nullptr) cublasDestroy(blas);
+    if (stream != nullptr) cudaStreamDestroy(stream);
+  }
+
+  void* Upload(const void* host, size_t bytes) {
+    void* p = nullptr;
+    PONDER_CUDA_CHECK(cudaMalloc(&p, bytes));
+    allocations.push_back(p);
+    PONDER_CUDA_CHECK(cudaMemcpy(p, host, bytes, cudaMemcpyHostToDevice));
+    weight_bytes += bytes;
+    return p;
+  }
+
+  const float* Vector(const TensorView& v) {
+    if (v.empty()) return nullptr;
+    auto it = vectors.find(v.data);
+    if (it != vectors.end()) return it->second;
+    std::vector<float> f(v.numel());
+    cpu::ToF32(v, 0, v.numel(), f.data());
+    const auto* p = static_cast<const float*>(Upload(f.data(), f.size() * sizeof(float)));
+    vectors.emplace(v.data, p);
+    return p;
+  }
+
+  DeviceMatrix Matrix(const TensorView& v) {
+    auto it = matrices.find(v.data);
+    if (it != matrices.end()) return it->second;
+    DeviceMatrix m;
+    m.rows = v.shape[0];
+    m.cols = v.numel() / v.shape[0];
+    const int64_t n = v.numel();
+    if (bf16 && v.dtype == DType::kBF16) {
+      m.ptr = Upload(v.data, n * 2);
+    } else {
+      std::vector<float> f(n);
+      cpu::ToF32(v, 0, n, f.data());
+      if (bf16) {
+        std::vector<uint16_t> b(n);
+        for (int64_t i = 0; i < n; ++i) b[i] = F32ToBf16(f[i]);
+        m.ptr = Upload(b.data(), n * 2);
+      } else {
+        m.ptr = Upload(f.data(), n * 4);
+      }
+    }
+    matrices.emplace(v.data, m);
+    return m;
+  }
+
+  DeviceBlock Block(const model::BlockWeights& w) {
+    DeviceBlock b;
+    b.norm_1 = Vector(w.norm_1);
+    b.norm_2 = Vector(w.norm_2);
+    b.norm_3 = Vector(w.norm_3);
+    b.norm_4 = Vector(w.norm_4);
+    b.qk_bias = Vector(w.qk_bias);
+    b.wqkv = Matrix(w.wqkv);
+    b.attn_proj = Matrix(w.attn_proj);
+    b.mlp_fc = Matrix(w.mlp_fc);
+    b.mlp_proj = Matrix(w.mlp_proj);
+    return b;
+  }
+
+  size_t TypeSize() const { return bf16 ? 2 : 4; }
+  cudaDataType Type() const { return bf16 ? CUDA_R_16BF : CUDA_R_32F; }
+
+  // x [n, in] (row stride ldx) into the weights' type, contiguous.
+  void* Stage(DeviceBuffer<unsigned char>& buf, const float* x, int64_t n, int64_t in,
+              int64_t ldx) {
+    void* out = buf.Get(static_cast<size_t>(n * in) * TypeSize());
+    if (bf16) {
+      ConvertKernel<<<Blocks(n * in), kThreads, 0, stream>>>(x, n, in, ldx,
+                                                             static_cast<__nv_bfloat16*>(out));
+    } else {
+      ConvertKernel<<<Blocks(n * in), kThreads, 0, stream>>>(x, n, in, ldx,
+                                                             static_cast<float*>(out));
+    }
+    return out;
+  }
+
+  // y[n, out] (row stride ldy) = x_staged[n, k] . W[:, col0:col0 + k]^T (+ y when accumulate).
+  void Gemm(const void* xs, int64_t n, int64_t k, const DeviceMatrix& w, int64_t col0, float* y,
+            int64_t ldy, bool accumulate) {
+    const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    const auto* a = static_cast<const unsigned char*>(w.ptr) + col0 * TypeSize();
+    // Column-major view: C[out, n] = A^T[out, k] B[k, n], A = W^T stored [cols, rows].
+    PONDER_CUBLAS_CHECK(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(w.rows),
+                                     static_cast<int>(n), static_cast<int>(k), &alpha, a, Type(),
+                                     static_cast<int>(w.cols), xs, Type(), static_cast<int>(k),
+                                     &beta, y, CUDA_R_32F, static_cast<int>(ldy),
+                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  }
+
+  void Lin(const float* x, int64_t n, int64_t ldx, const DeviceMatrix& w, float* y, int64_t ldy) {
+    Gemm(Stage(stage_a, x, n, w.cols, ldx), n, w.cols, w, 0, y, ldy, false);
+  }
+
+  // Row tables of one layer: where each new row writes its key and value, and which key and
+  // value rows each new row attends to. A phase appends the tables of all its layers to
+  // `host_table`, then uploads them at once (UploadTables) before it launches anything.
+  // Offsets into the table; each part 8-byte aligned.
+  struct TableOffsets {
+    size_t positions, kdst, vdst, row_table, row_visible, kp, vp;
+    int64_t max_visible;
+  };
+  struct Tables {
+    const int32_t* positions;
+    float* const* kdst;
+    float* const* vdst;
+    const int32_t* row_table;
+    const int32_t* row_visible;
+    const float* const* kp;
+    const float* const* vp;
+    int64_t max_visible;
+  };
+
+  // Appends one layer's tables. Each new row writes its own rows of `slots[b]`; attention
+  // reads positions [0, pos + t] of the chunk. In a core layer (`iterations` not null), a
+  // past token that ran fewer iterations than chunk b's current one is read at its last
+  // iteration of the same layer, as on the CPU.
+  TableOffsets AppendTables(std::span<const Chunk> chunks, std::span<KvSlot* const> slots,
+                            const int64_t* iterations, int64_t layer) {
+    const int64_t n = TotalRows(chunks);
+    int64_t t_total = 0;
+    for (const Chunk& c : chunks) t_total += c.pos + c.count;
+    auto align = [](size_t x) { return (x + 7) & ~size_t{7}; };
+    TableOffsets o{};
+    o.positions = align(host_table.size());
+    o.kdst = align(o.positions + n * 4);
+    o.vdst = o.kdst + n * 8;
+    o.row_table = o.vdst + n * 8;
+    o.row_visible = align(o.row_table + n * 4);
+    o.kp = align(o.row_visible + n * 4);
+    o.vp = o.kp + t_total * 8;
+    host_table.resize(o.vp + t_total * 8);
+    unsigned char* base = host_table.data();
+    auto* positions = reinterpret_cast<int32_t*>(base + o.positions);
+    auto* kdst = reinterpret_cast<float**>(base + o.kdst);
+    auto* vdst = reinterpret_cast<float**>(base + o.vdst);
+    auto* rt = reinterpret_cast<int32_t*>(base + o.row_table);
+    auto* rv = reinterpret_cast<int32_t*>(base + o.row_visible);
+    auto* kp = reinterpret_cast<const float**>(base + o.kp);
+    auto* vp = reinterpret_cast<const float**>(base + o.vp);
+    int64_t row = 0, t = 0;
+    o.max_visible = 0;
+    for (size_t b = 0; b < chunks.size(); ++b) {
+      const Chunk& c = chunks[b];
+      KvSlot& slot = *slots[b];
+      slot.Reserve(c.pos + c.count);
+      slot.length = std::max(slot.length, c.pos + c.count);
+      const int64_t it = iterations != nullptr ? iterations[b] : 0;
+      const bool gap = iterations != nullptr && c.pos > 0 && c.cache->MinDepth(c.pos) < it;
+      const int64_t ctx = c.pos + c.count;
+      for (int64_t p = 0; p < ctx; ++p) {
+        const int64_t from = gap && p < c.pos ? std::min(it, c.cache->depth(p)) : it;
+        const KvSlot& src = !gap || from == it ? slot : c.cache->Core(from, layer);
+        kp[t + p] = src.K(p);
+        vp[t + p] = src.V(p);
+      }
+      for (int64_t i = 0; i < c.count; ++i, ++row) {
+        positions[row] = static_cast<int32_t>(c.pos + i);
+        kdst[row] = slot.K(c.pos + i);
+        vdst[row] = slot.V(c.pos + i);
+        rt[row] = static_cast<int32_t>(t);
+        rv[row] = static_cast<int32_t>(c.pos + i + 1);
+      }
+      o.max_visible = std::max(o.max_visible, ctx);
+      t += ctx;
+    }
+    return o;
+  }
+
+  // Copies the appended tables to the device (through pinned memory, asynchronously: the
+  // phase synchronises before the next one rewrites the pinned buffer) and empties
+  // `host_table`.
+  void UploadTables() {
+    const size_t bytes = host_table.size();
+    if (bytes > pinned_size) {
+      if (pinned != nullptr) PONDER_CUDA_CHECK(cudaFreeHost(pinned));
+      pinned_size = std::max(bytes, pinned_size * 2);
+      PONDER_CUDA_CHECK(cudaMallocHost(&pinned, pinned_size));
+    }
+    std::memcpy(pinned, host_table.data(), bytes);
+    table_dev = table.Get(bytes);
+    PONDER_CUDA_CHECK(cudaMemcpyAsync(table_dev, pinned, bytes, cudaMemcpyHostToDevice, stream));
+    host_table.clear();
+  }
+
+  Tables Resolve(const TableOffsets& o) const {
+    const unsigned char* dev = table_dev;
+    return {reinterpret_cast<const int32_t*>(dev + o.positions),
+            reinterpret_cast<float* const*>(dev + o.kdst),
+            reinterpret_cast<float* const*>(dev + o.vdst),
+            reinterpret_cast<const int32_t*>(dev + o.row_table),
+            reinterpret_cast<const int32_t*>(dev + o.row_visible),
+            reinterpret_cast<const float* const*>(dev + o.kp),
+            reinterpret_cast<const float* const*>(dev + o.vp),
+            o.max_visible};
+  }
+
+  // The tables of every layer of `blocks` (slots chosen by `slot_of(b, layer)`), uploaded.
+  template <typename SlotOf>
+  std::vector<TableOffsets> LayerTables(std::span<const Chunk> chunks, size_t layers,
+                                        const int64_t* iterations, SlotOf slot_of) {
+    std::vector<TableOffsets> out;
+    std::vector<KvSlot*> slots(chunks.size());
+    for (size_t l = 0; l < layers; ++l) {
+      for (size_t b = 0; b < chunks.size(); ++b) slots[b] = slot_of(b, static_cast<int64_t>(l));
+      out.push_back(AppendTables(chunks, slots, iterations, static_cast<int64_t>(l)));
+    }
+    UploadTables();
+    return out;
+  }
+
+  // One sandwich block on x [N, d] in place.
+  void RunBlock(int64_t n, const DeviceBlock& w, const Tables& tab, float* xd, float eps) {
+    float* hb = h.Get(n * d);
+    float* qkvb = qkv.Get(n * 3 * d);
+    float* attnb = attn.Get(n * d);
+    float* tmpb = tmp.Get(n * d);
+    // x = norm_2(x + attn(norm_1(x)))
+    RmsNormKernel<<<n, kThreads, 0, stream>>>(xd, nullptr, w.norm_1, d, eps, hb);
+    Lin(hb, n, d, w.wqkv, qkvb, 3 * d);
+    RopeStoreKernel<<<n, kThreads, 0, stream>>>(qkvb, w.qk_bias, rope_cos, rope_sin, tab.positions,
+                                                tab.kdst, tab.vdst, d, hd);
+    const size_t smem = (kThreads / 32 + tab.max_visible) * sizeof(float);
+    AttentionKernel<<<dim3(n, heads), kThreads, smem, stream>>>(
+        qkvb, tab.row_table, tab.row_visible, tab.kp, tab.vp, d, hd,
+        1.0f / std::sqrt(static_cast<float>(hd)), attnb);
+    Lin(attnb, n, d, w.attn_proj, tmpb, d);
+    RmsNormKernel<<<n, kThreads, 0, stream>>>(xd, tmpb, w.norm_2, d, eps, xd);
+    // x = norm_4(x + mlp(norm_3(x))), mlp = proj(silu(gate) * up)
+    RmsNormKernel<<<n, kThreads, 0, stream>>>(xd, nullptr, w.norm_3, d, eps, hb);
+    float* fb = ffn.Get(n * 2 * ffn_dim);
+    float* gb = gate.Get(n * ffn_dim);
+    Lin(hb, n, d, w.mlp_fc, fb, 2 * ffn_dim);
+    SiluGateKernel<<<Blocks(n * ffn_dim), kThreads, 0, stream>>>(fb, n, ffn_dim, gb);
+    Lin(gb, n, ffn_dim, w.mlp_proj, tmpb, d);
+    RmsNormKernel<<<n, kThreads, 0, stream>>>(xd, tmpb, w.norm_4, d, eps, xd);
+    PONDER_CUDA_CHECK(cudaGetLastError());
+  }
+};
+
+CudaModel::CudaModel(const model::Config& config, const model::Weights& weights)
+    : Backend(config, weights), impl_(std::make_unique<Impl>()) {}
+
+CudaModel::~CudaModel() = default;
+
+int DeviceCount() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+Result<std::unique_ptr<Backend>> CudaModel::Create(const model::Config& config,
+                                                   const model::Weights& weights, int device,
+                                                   const std::string& weights_dtype) {
+  if (weights_dtype != "bf16" && weights_dtype != "f32") {
+    return InvalidArgument("backend cuda: weights dtype \"" + weights_dtype +
+                           "\" (expected \"bf16\" or \"f32\")");
+  }
+  int count = 0;
+  const cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess || count == 0) {
+    cudaGetLastError();
+    return Unavailable(std::string("backend cuda: no CUDA device is available (") +
+                       (err != cudaSuccess ? cudaGetErrorString(err) : "0 devices") + ")");
+  }
+  if (device < 0 || device >= count) {
+    return InvalidArgument("backend cuda: device " + std::to_string(device) + " does not exist (" +
+                           std::to_string(count) + " visible)");
+  }
+  if (config.head_dim % 2 != 0) {
+    return InvalidArgument("backend cuda: head_dim must be even for RoPE");
+  }
+  std::unique_ptr<CudaModel> m(new CudaModel(config, weights));
+  Impl& im = *m->impl_;
+  im.info.ordinal = device;
+  cudaDeviceProp prop{};
+  if (cudaError_t e = cudaSetDevice(device); e != cudaSuccess)
+    return CudaStatus(e, "cudaSetDevice");
+  if (cudaError_t e = cudaGetDeviceProperties(&prop, device); e != cudaSuccess) {
+    return CudaStatus(e, "cudaGetDeviceProperties");
+  }
+  im.info.name = prop.name;
+  im.info.sm_major = prop.major;
+  im.info.sm_minor = prop.minor;
+  im.info.memory_bytes = prop.totalGlobalMem;
+  im.attn_smem_limit = prop.sharedMemPerBlockOptin;
+  const size_t need = (kThreads / 32 + config.block_size) * sizeof(float);
+  if (need > 48 * 1024) {
+    if (need > im.attn_smem_limit) {
+      return InvalidArgument("backend cuda: block_size " + std::to_string(config.block_size) +
+                             " needs " + std::to_string(need) +
+                             " bytes of shared memory per attention block; the device has " +
+                             std::to_string(im.attn_smem_limit));
+    }
+    if (cudaError_t e = cudaFuncSetAttribute(
+            AttentionKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(need));
+        e != cudaSuccess) {
+      return CudaStatus(e, "cudaFuncSetAttribute");
+    }
+  }
+  uint64_t bytes_needed = 0;
+  const int64_t tsize = weights_dtype == "bf16" ? 2 : 4;
+  for (const TensorView* v : {&weights.wte, &weights.adapter, &weights.lm_head}) {
+    bytes_needed += v->numel() * tsize;
+  }
+  for (const auto* blocks : {&weights.prelude, &weights.core, &weights.coda}) {
+    for (const model::BlockWeights& b : *blocks) {
+      for (const TensorView* v : {&b.wqkv, &b.attn_proj, &b.mlp_fc, &b.mlp_proj}) {
+        bytes_needed += v->numel() * tsize;
+      }
+    }
+  }
+  size_t free_bytes = 0, total_bytes = 0;
+  if (cudaError_t e = cudaMemGetInfo(&free_bytes, &total_bytes); e != cudaSuccess) {
+    return CudaStatus(e, "cudaMemGetInfo");
+  }
+  if (bytes_needed > free_bytes) {
+    return ResourceExhausted("backend cuda: the weights need " + std::to_string(bytes_needed) +
+                             " bytes on " + im.info.name + ", " + std::to_string(free_bytes) +
+                             " are free");
+  }
+  if (cudaError_t e = cudaStreamCreateWithFlags(&im.stream, cudaStreamNonBlocking);
+      e != cudaSuccess) {
+    return CudaStatus(e, "cudaStreamCreate");
+  }
+  if (cublasCreate(&im.blas) != CUBLAS_STATUS_SUCCESS) {
+    return Unavailable("backend cuda: cublasCreate failed");
+  }
+  cublasSetStream(im.blas, im.stream);
+  im.pages = DevicePages(device);
+  im.bf16 = weights_dtype == "bf16";
+  im.d = config.n_embd;
+  im.heads = config.n_heads;
+  im.hd = config.head_dim;
+  im.ffn_dim = config.intermediate_size;
+  im.vocab = weights.lm_head.shape[0];
+  im.wte = im.Matrix(weights.wte);
+  im.adapter = im.Matrix(weights.adapter);
+  im.lm_head = im.Matrix(weights.lm_head);
+  im.ln_f = im.Vector(weights.ln_f);
+  for (const auto& b : weights.prelude) im.prelude.push_back(im.Block(b));
+  for (const auto& b : weights.core) im.core.push_back(im.Block(b));
+  for (const auto& b : weights.coda) im.coda.push_back(im.Block(b));
+  std::vector<float> cos_t, sin_t;
+  RopeTables(config, &cos_t, &sin_t);
+  im.rope_cos = static_cast<const float*>(im.Upload(cos_t.data(), cos_t.size() * 4));
+  im.rope_sin = static_cast<const float*>(im.Upload(sin_t.data(), sin_t.size() * 4));
+  return std::unique_ptr<Backend>(std::move(m));
+}
+
+PageMemory* CudaModel::page_memory() { return &impl_->pages; }
+const DeviceInfo& CudaModel::device() const { return impl_->info; }
+uint64_t CudaModel::device_weight_bytes() const { return impl_->weight_bytes; }
+
+void CudaModel::Synchronize() {
+  PONDER_CUDA_CHECK(cudaSetDevice(impl_->info.ordinal));
+  PONDER_CUDA_CHECK(cudaStreamSynchronize(impl_->stream));
+}
+
+Status CudaModel::Prelude(std::span<const Chunk> chunks, std::span<const int32_t> tokens,
+                          float* e) {
+  PONDER_RETURN_IF_ERROR(CheckPrelude(chunks, tokens));
+  Impl& im = *impl_;
+  PONDER_CUDA_CHECK(cudaSetDevice(im.info.ordinal));
+  const int64_t n = TotalRows(chunks);
+  int32_t* tok = im.tokens.Get(n);
+  PONDER_CUDA_CHECK(
+      cudaMemcpyAsync(tok, tokens.data(), n * sizeof(int32_t), cudaMemcpyHostToDevice, im.stream));
+  float* ed = im.e.Get(n * im.d);
+  const auto scale = static_cast<float>(config_.embed_scale);
+  if (im.bf16) {
+    EmbedKernel<<<n, kThreads, 0, im.stream>>>(tok, static_cast<const __nv_bfloat16*>(im.wte.ptr),
+                                               im.d, scale, ed);
+  } else {
+    EmbedKernel<<<n, kThreads, 0, im.stream>>>(tok, static_cast<const float*>(im.wte.ptr), im.d,
+                                               scale, ed);
+  }
+  const auto tables = im.LayerTables(chunks, im.prelude.size(), nullptr, [&](size_t b, int64_t l) {
+    return &chunks[b].cache->Prelude(l);
+  });
+  const auto eps = static_cast<float>(config_.norm_eps);
+  for (size_t l = 0; l < im.prelude.size(); ++l) {
+    im.RunBlock(n, im.prelude[l], im.Resolve(tables[l]), ed, eps);
+  }
+  PONDER_CUDA_CHECK(
+      cudaMemcpyAsync(e, ed, n * im.d * sizeof(float), cudaMemcpyDeviceToHost, im.stream));
+  PONDER_CUDA_CHECK(cudaStreamSynchronize(im.stream));
+  return Status::Ok();
+}
+
+void CudaModel::CoreStep(std::span<const Chunk> chunks, std::span<const int64_t> iterations,
+                         const float* e, float* s) {
+  Impl& im = *impl_;
+  PONDER_CUDA_CHECK(cudaSetDevice(im.info.ordinal));
+  const int64_t n = TotalRows(chunks);
+  const int64_t d = im.d;
+  float* ed = im.e.Get(n * d);
+  float* sd = im.s.Get(n * d);
+  float* xd = im.x.Get(n * d);
+  PONDER_CUDA_CHECK(
+      cudaMemcpyAsync(ed, e, n * d * sizeof(float), cudaMemcpyHostToDevice, im.stream));
+  PONDER_CUDA_CHECK(
+      cudaMemcpyAsync(sd, s, n * d * sizeof(float), cudaMemcpyHostToDevice, im.stream));
+  // Adapter on [s, e] without the concatenation: two products into the same output.
+  im.Gemm(im.Stage(im.stage_a, sd, n, d, d), n, d, im.adapter, 0, xd, d, false);
+  im.Gemm(im.Stage(im.stage_b, ed, n, d, d), n, d, im.adapter, d, xd, d, true);
+  const auto tables =
+      im.LayerTables(chunks, im.core.size(), iterations.data(),
+                     [&](size_t b, int64_t l) { return &chunks[b].cache->Core(iterations[b], l); });
+  const auto eps = static_cast<float>(config_.norm_eps);
+  for (size_t l = 0; l < im.core.size(); ++l) {
+    im.RunBlock(n, im.core[l], im.Resolve(tables[l]), xd, eps);
+  }
+  PONDER_CUDA_CHECK(
+      cudaMemcpyAsync(s, xd, n * d * sizeof(float), cudaMemcpyDeviceToHost, im.stream));
+  PONDER_CUDA_CHECK(cudaStreamSynchronize(im.stream));
+  for (size_t b = 0; b < chunks.size(); ++b) {
+    chunks[b].cache->SetDepth(chunks[b].pos, chunks[b].count, iterations[b]);
+  }
+}
+
+void CudaModel::Coda(std::span<const Chunk> chunks, const float* s, bool last_only, float* logits) {
+  Impl& im = *impl_;
+  PONDER_CUDA_CHECK(cudaSetDevice(im.info.ordinal));
+  const int64_t n = TotalRows(chunks);
+  const int64_t d = im.d;
+  const auto eps = static_cast<float>(config_.norm_eps);
+  float* sd = im.s.Get(n * d);
+  float* xd = im.x.Get(n * d);
+  PONDER_CUDA_CHECK(
+      cudaMemcpyAsync(sd, s, n * d * sizeof(float), cudaMemcpyHostToDevice, im.stream));
+  RmsNormKernel<<<n, kThreads, 0, im.stream>>>(sd, nullptr, im.ln_f, d, eps, xd);
+  const auto tables = im.LayerTables(chunks, im.coda.size(), nullptr, [&](size_t b, int64_t l) {
+    return &chunks[b].cache->Coda(l);
+  });
+  for (size_t l = 0; l < im.coda.size(); ++l) {
+    im.RunBlock(n, im.coda[l], im.Resolve(tables[l]), xd, eps);
+  }
+  for (const Chunk& c : chunks) c.cache->set_tokens(std::max(c.cache->tokens(), c.pos + c.count));
+  if (logits == nullptr) {
+    PONDER_CUDA_CHECK(cudaStreamSynchronize(im.stream));
+    return;
+  }
+  int64_t rows = n;
+  const float* src = xd;
+  if (last_only) {
+    std::vector<int32_t> last(chunks.size());
+    int64_t row = 0;
+    for (size_t b = 0; b < chunks.size(); ++b) {
+      row += chunks[b].count;
+      last[b] = static_cast<int32_t>(row - 1);
+    }
+    rows = static_cast<int64_t>(chunks.size());
+    int32_t* idx = im.tokens.Get(rows);
+    PONDER_CUDA_CHECK(cudaMemcpyAsync(idx, last.data(), rows * sizeof(int32_t),
+                                      cudaMemcpyHostToDevice, im.stream));
+    float* lastd = im.last.Get(rows * d);
+    GatherRowsKernel<<<rows, kThreads, 0, im.stream>>>(xd, idx, d, lastd);
+    src = lastd;
+    // `last` must outlive the copy: wait before it goes out of scope.
+    PONDER_CUDA_CHECK(cudaStreamSynchronize(im.stream));
+  }
+  float* hd = im.h.Get(rows * d);
+  RmsNormKernel<<<rows, kThreads, 0, im.stream>>>(const_cast<float*>(src), nullptr, im.ln_f, d, eps,
+                                                  hd);
+  float* ld = im.logits.Get(rows * im.vocab);
+  im.Lin(hd, rows, d, im.lm_head, ld, im.vocab);
+  PONDER_CUDA_CHECK(cudaMemcpyAsync(logits, ld, rows * im.vocab * sizeof(float),
+                                    cudaMemcpyDeviceToHost, im.stream));
+  PONDER_CUDA_CHECK(cudaStreamSynchronize(im.stream));
+}
+
+Result<double> MeasureCopyBandwidth(int device, uint64_t bytes, int repeats) {
+  if (DeviceCount() <= device)
+    return Unavailable("copy bandwidth: no CUDA device " + std::to_string(device));
+  if (cudaError_t e = cudaSetDevice(device); e != cudaSuccess)
+    return CudaStatus(e, "cudaSetDevice");
+  void *a = nullptr, *b = nullptr;
+  if (cudaError_t e = cudaMalloc(&a, bytes); e != cudaSuccess) return CudaStatus(e, "cudaMalloc");
+  if (cudaError_t e = cudaMalloc(&b, bytes); e != cudaSuccess) {
+    cudaFree(a);
+    return CudaStatus(e, "cudaMalloc");
+  }
+  cudaEvent_t t0, t1;
+  cudaEventCreate(&t0);
+  cudaEventCreate(&t1);
+  cudaMemset(a, 1, bytes);
+  cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice);  // warm-up
+  std::vector<double> rates;
+  for (int i = 0; i < std::max(1, repeats); ++i) {
+    cudaEventRecord(t0);
+    cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice);
+    cudaEventRecord(t1);
+    cudaEventSynchronize(t1);
+    float ms = 0.0f;
+    cudaEventElapsedTime(&ms, t0, t1);
+    rates.push_back(2.0 * static_cast<double>(bytes) / (ms * 1e-3));
+  }
+  cudaEventDestroy(t0);
+  cudaEventDestroy(t1);
+  cudaFree(a);
+  cudaFree(b);
+  if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return CudaStatus(e, "copy");
+  std::sort(rates.begin(), rates.end());
+  return rates[rates.size() / 2];
+}
+
+}  // namespace ponder::exec::cuda
