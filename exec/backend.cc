@@ -149,8 +149,8 @@ Result<std::unique_ptr<Backend>> MakeBackend(const BackendOptions& options,
     return cuda::CudaModel::Create(config, weights, options.device, options.cuda_weights);
 #else
     return Unavailable(
-        "backend \"cuda\": this build of Ponder has no CUDA backend (configure with nvcc "
-        "present and PONDER_CUDA on)");
+        "backend cuda: this build of Ponder has no CUDA backend (configure with nvcc present "
+        "and PONDER_CUDA on)");
 #endif
   }
   return InvalidArgument("unknown backend \"" + options.kind + "\" (expected \"cpu\" or \"cuda\")");

@@ -22,7 +22,8 @@ cmake --build "$BUILD" -j "$JOBS" --target ponder_exec_test gpu_decode_bench \
 
 # Parity: logits (f32 and bf16 weights) on the committed checkpoints and a random
 # Huginn-structured one, per-token exit steps on the scenario workloads, device KV pages.
-"$BUILD/tests/ponder_exec_test" --gtest_filter='*Cuda*:MakeBackend*' 2>&1 | tee "$OUT/parity.log"
+# PONDER_REQUIRE_CUDA=1: a test that finds no usable device fails instead of skipping.
+PONDER_REQUIRE_CUDA=1 "$BUILD/tests/ponder_exec_test" --gtest_filter='*Cuda*:MakeBackend*' 2>&1 | tee "$OUT/parity.log"
 
 # Decode at r in {4, 32, 64}, batch in {1, 8, 32}.
 "$BUILD/bench/gpu_decode_bench" --depths 4,32,64 --batches 1,8,32 \

@@ -218,7 +218,10 @@ struct DeviceBuffer {
   }
   T* Get(size_t n) {
     if (n > size) {
-      if (ptr != nullptr) PONDER_CUDA_CHECK(cudaFree(ptr));
+      if (ptr != nullptr) {
+        PONDER_CUDA_CHECK(cudaDeviceSynchronize());  // queued work may still read it
+        PONDER_CUDA_CHECK(cudaFree(ptr));
+      }
       size = std::max(n, size * 2);
       PONDER_CUDA_CHECK(cudaMalloc(&ptr, size * sizeof(T)));
     }
@@ -473,7 +476,10 @@ struct CudaModel::Impl {
   void UploadTables() {
     const size_t bytes = host_table.size();
     if (bytes > pinned_size) {
-      if (pinned != nullptr) PONDER_CUDA_CHECK(cudaFreeHost(pinned));
+      if (pinned != nullptr) {
+        PONDER_CUDA_CHECK(cudaStreamSynchronize(stream));
+        PONDER_CUDA_CHECK(cudaFreeHost(pinned));
+      }
       pinned_size = std::max(bytes, pinned_size * 2);
       PONDER_CUDA_CHECK(cudaMallocHost(&pinned, pinned_size));
     }
@@ -604,6 +610,7 @@ Result<std::unique_ptr<Backend>> CudaModel::Create(const model::Config& config,
   uint64_t bytes_needed = 0;
   const int64_t tsize = weights_dtype == "bf16" ? 2 : 4;
   for (const TensorView* v : {&weights.wte, &weights.adapter, &weights.lm_head}) {
+    if (v == &weights.lm_head && v->data == weights.wte.data) continue;  // tied: one copy
     bytes_needed += v->numel() * tsize;
   }
   for (const auto* blocks : {&weights.prelude, &weights.core, &weights.coda}) {
@@ -678,6 +685,7 @@ Status CudaModel::Prelude(std::span<const Chunk> chunks, std::span<const int32_t
     EmbedKernel<<<n, kThreads, 0, im.stream>>>(tok, static_cast<const float*>(im.wte.ptr), im.d,
                                                scale, ed);
   }
+  PONDER_CUDA_CHECK(cudaGetLastError());
   const auto tables = im.LayerTables(chunks, im.prelude.size(), nullptr, [&](size_t b, int64_t l) {
     return &chunks[b].cache->Prelude(l);
   });
@@ -759,15 +767,14 @@ void CudaModel::Coda(std::span<const Chunk> chunks, const float* s, bool last_on
                                       cudaMemcpyHostToDevice, im.stream));
     float* lastd = im.last.Get(rows * d);
     GatherRowsKernel<<<rows, kThreads, 0, im.stream>>>(xd, idx, d, lastd);
-    src = lastd;
-    // `last` must outlive the copy: wait before it goes out of scope.
-    PONDER_CUDA_CHECK(cudaStreamSynchronize(im.stream));
+    src = lastd;  // (a copy from pageable memory has read `last` when it returns)
   }
   float* hd = im.h.Get(rows * d);
   RmsNormKernel<<<rows, kThreads, 0, im.stream>>>(const_cast<float*>(src), nullptr, im.ln_f, d, eps,
                                                   hd);
   float* ld = im.logits.Get(rows * im.vocab);
   im.Lin(hd, rows, d, im.lm_head, ld, im.vocab);
+  PONDER_CUDA_CHECK(cudaGetLastError());
   PONDER_CUDA_CHECK(cudaMemcpyAsync(logits, ld, rows * im.vocab * sizeof(float),
                                     cudaMemcpyDeviceToHost, im.stream));
   PONDER_CUDA_CHECK(cudaStreamSynchronize(im.stream));
