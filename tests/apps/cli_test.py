@@ -58,6 +58,13 @@ p = run("logits", "--model", os.path.join(DATA, "tiny"), "--tokens", "1,x")
 check("bad token list is an error", p.returncode == 1 and "x" in p.stderr, p.stderr)
 p = run("logits", "--model", os.path.join(DATA, "tiny"), "--tokens", "1,99999", "--steps", "1")
 check("out-of-vocabulary token is an error", p.returncode == 1 and "99999" in p.stderr, p.stderr)
+p = run("logits", "--model", os.path.join(DATA, "tiny"), "--tokens", "1,2", "--backend", "tpu")
+check("unknown backend is an error", p.returncode != 0 and "tpu" in p.stderr, p.stderr)
+# --backend cuda: the logits of the CPU where a device is present, else an error naming it.
+p = run("logits", "--model", os.path.join(DATA, "tiny"), "--tokens", "1,2", "--steps", "2",
+        "--backend", "cuda")
+check("--backend cuda runs or says why not",
+      p.returncode == 0 or (p.returncode == 1 and "backend cuda" in p.stderr), p.stderr)
 with tempfile.TemporaryDirectory() as tmp:
     for f in ("config.json", "tokenizer.json"):
         with open(os.path.join(DATA, "tiny", f), "rb") as src, \
