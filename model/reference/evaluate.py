@@ -294,7 +294,8 @@ def write_model_card(model_dir, report):
         "Generators in `model/reference/tasks.py` (seeded). A training sequence is "
         "`<|begin_text|>PROMPT ANSWER<|end_text|>`; the loss is on the answer and the end marker.\n")
     lines.append("| family | kind | difficulty | example prompt -> answer |\n|---|---|---|---|")
-    lines.append("| chain | hard | k = 1..12 terms | `+4*3+7*9=` -> `1` (left to right mod 10 from 0; `+d` or `*3/*7/*9`) |")
+    lo, hi = tasks.LEVELS["chain"]
+    lines.append(f"| chain | hard | k = {lo}..{hi} terms | `+4*3+7*9=` -> `1` (left to right mod 10 from 0; `+d` or `*3/*7/*9`) |")
     lines.append("| copy | easy | 3..8 letters | `qhbzt\\|` -> `qhbzt` |")
     lines.append("| reverse | easy | 3..8 letters | `qhbzt<` -> `tzbhq` |")
     lines.append("| lookup | easy | 2..6 pairs | `a3q7x1?q` -> `7` |\n")
@@ -323,7 +324,7 @@ def write_model_card(model_dir, report):
             f"gradient clipping {a['clip']}, {a['warmup']} warm-up steps, constant, then linear decay to "
             f"{a['final_lr_frac']}x over the last {int(a['decay_frac'] * 100)}% of the budget"
             + (f" (the budget of {a['minutes']:g} minutes may stretch, up to {a['max_minutes']:g}, until the "
-               f"curriculum has reached k = 12 and trained {a['settle_min']:g} minutes there; this run's "
+               f"curriculum has reached k = {tasks.LEVELS['chain'][1]} and trained {a['settle_min']:g} minutes there; this run's "
                f"budget: {tr.get('budget_minutes', 0):.1f} minutes)" if a.get("max_minutes", 0) > a["minutes"] else "")
             + ";\n"
             f"- {a['batch']} examples per step, one per row, right-padded (causal attention never sees the "

@@ -198,7 +198,7 @@ class Curriculum:
     k rises by one when the pooled training accuracy of the last `window` steps at the
     current k exceeds `threshold` (and at least `min_steps` steps were spent on it)."""
 
-    def __init__(self, k_start=2, k_max=12, threshold=0.8, window=10, min_steps=10):
+    def __init__(self, k_start=2, k_max=LEVELS["chain"][1], threshold=0.8, window=10, min_steps=10):
         self.k = k_start
         self.k_max = k_max
         self.threshold = threshold

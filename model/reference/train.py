@@ -342,7 +342,8 @@ def main(argv=None):
           f"{' (up to %.1f min)' % a.max_minutes if not a.steps and a.max_minutes > a.minutes else ''}, "
           f"threads {torch.get_num_threads()}", flush=True)
 
-    val_sets = {k: tasks.test_set("chain", k, 100, seed=777) for k in range(1, 13)}
+    k_top = tasks.LEVELS["chain"][1]
+    val_sets = {k: tasks.test_set("chain", k, 100, seed=777) for k in range(1, k_top + 1)}
     last_save = time.time()
     last_val = time.time()
     win = {"loss": 0.0, "tok": 0, "ok": 0, "n": 0, "r": 0, "steps": 0, "t0": time.time()}
@@ -416,7 +417,7 @@ def main(argv=None):
             win = {"loss": 0.0, "tok": 0, "ok": 0, "n": 0, "r": 0, "steps": 0, "t0": time.time()}
         if time.time() - last_val > a.val_every_min * 60:
             model.eval()
-            ks = sorted({1, max(1, cur.k // 2), cur.k, 12})
+            ks = sorted({1, max(1, cur.k // 2), cur.k, k_top})
             res = {f"k{k}_r{r_}": round(quick_val(model, codec, val_sets[k], r_), 3) for k in ks for r_ in (4, 32)}
             model.train()
             meta["val"].append({"step": meta["step"], "minutes": round(meta["elapsed"] / 60, 2), **res})
