@@ -22,8 +22,15 @@
 namespace ponder::exec {
 namespace {
 
+// The repository: PONDER_SOURCE_DIR from the environment when set (a build carried to a
+// GPU machine, bench/gpu/README.md), else the source tree this test was built from.
+std::string Root() {
+  const char* env = std::getenv("PONDER_SOURCE_DIR");
+  return env != nullptr && *env != '\0' ? env : PONDER_SOURCE_DIR;
+}
+
 TEST(MakeBackendTest, ChoosesByNameAndRejectsUnknownKinds) {
-  auto ckpt = model::LoadCheckpoint(std::string(PONDER_TEST_DATA) + "/tiny");
+  auto ckpt = model::LoadCheckpoint(Root() + "/tests/data/tiny");
   ASSERT_TRUE(ckpt.ok()) << ckpt.status().ToString();
   BackendOptions o;
   auto cpu = MakeBackend(o, (*ckpt)->config, (*ckpt)->weights);
@@ -129,7 +136,7 @@ void CompareForward(Backend& cpu, Backend& gpu, int64_t prompt, int64_t r, doubl
 class CudaParityTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(CudaParityTest, LogitsMatchTheCpuOnCommittedCheckpoints) {
-  auto ckpt = model::LoadCheckpoint(std::string(PONDER_SOURCE_DIR) + "/" + GetParam());
+  auto ckpt = model::LoadCheckpoint(Root() + "/" + GetParam());
   ASSERT_TRUE(ckpt.ok()) << ckpt.status().ToString();
   const auto& cfg = (*ckpt)->config;
   const auto& w = (*ckpt)->weights;
@@ -202,7 +209,7 @@ double ExitAgreement(Backend& cpu, Backend& gpu, const model::Tokenizer& tok,
 }
 
 TEST(CudaExitParityTest, PerTokenExitStepsAgreeOnScenarioWorkloads) {
-  const std::string root = PONDER_SOURCE_DIR;
+  const std::string root = Root();
   auto ckpt = model::LoadCheckpoint(root + "/model/zoo/ponder-micro");
   ASSERT_TRUE(ckpt.ok()) << ckpt.status().ToString();
   cpu::CpuModel cpu((*ckpt)->config, (*ckpt)->weights, nullptr);
@@ -219,7 +226,7 @@ TEST(CudaExitParityTest, PerTokenExitStepsAgreeOnScenarioWorkloads) {
 
 // KV pages live in device memory and go back to the pool with the cache.
 TEST(CudaKvTest, PagesAreDeviceMemoryAndReturnToThePool) {
-  auto ckpt = model::LoadCheckpoint(std::string(PONDER_TEST_DATA) + "/tiny");
+  auto ckpt = model::LoadCheckpoint(Root() + "/tests/data/tiny");
   ASSERT_TRUE(ckpt.ok());
   CUDA_OR_SKIP(gpu, (*ckpt)->config, (*ckpt)->weights, "bf16");
   ASSERT_NE(gpu->page_memory(), nullptr);
