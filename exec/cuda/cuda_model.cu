@@ -367,6 +367,7 @@ struct CudaModel::Impl {
   // x [n, in] (row stride ldx) into the weights' type, contiguous.
   void* Stage(DeviceBuffer<unsigned char>& buf, const float* x, int64_t n, int64_t in,
               int64_t ldx) {
+    if (!bf16 && ldx == in) return const_cast<float*>(x);  // already the product's input
     void* out = buf.Get(static_cast<size_t>(n * in) * TypeSize());
     if (bf16) {
       ConvertKernel<<<Blocks(n * in), kThreads, 0, stream>>>(x, n, in, ldx,
