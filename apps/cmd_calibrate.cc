@@ -169,7 +169,7 @@ void AddCalibrateCommand(CLI::App& app, int& exit_code) {
     int64_t max_items = 0, max_tokens = 16;
     uint64_t seed = 0;
     int threads = 0;
-    std::string backend = "cpu";
+    exec::BackendOptions backend;
     bool dry_run = false;
   };
   auto a = std::make_shared<Args>();

@@ -25,7 +25,7 @@ void AddServeCommand(CLI::App& app, int& exit_code) {
     std::string dir, host = "127.0.0.1", api_keys, admin_key;
     std::vector<std::string> profiles;
     int port = 8000, max_active = 32, max_queue = 256, threads = 0, http_threads = 0;
-    std::string backend = "cpu";
+    exec::BackendOptions backend;
     int max_prompt_tokens = 0, max_tokens = 0, max_streams_per_tenant = 0, prefill_chunk = 512;
     uint64_t kv_budget_mb = 1024, max_body_bytes = 1 << 20;
   };

@@ -21,7 +21,7 @@ void AddSweepCommand(CLI::App& app, int& exit_code) {
     int64_t limit = 0, max_tokens = 16, batch = 32;
     uint64_t seed = 0;
     int threads = 0;
-    std::string backend = "cpu";
+    exec::BackendOptions backend;
     bool as_json = false;
   };
   auto a = std::make_shared<Args>();

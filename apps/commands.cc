@@ -139,7 +139,7 @@ void AddGenerateCommand(CLI::App& app, int& exit_code) {
     uint64_t seed = 0;
     double temperature = 0.0, top_p = 1.0, init_scale = 1.0, exit_threshold = -1.0;
     int threads = 0;
-    std::string backend = "cpu";
+    exec::BackendOptions backend;
     bool chat = false, as_json = false;
   };
   auto a = std::make_shared<Args>();
@@ -298,7 +298,7 @@ void AddLogitsCommand(CLI::App& app, int& exit_code) {
     double init_scale = 1.0;
     uint64_t seed = 0;
     int threads = 0;
-    std::string backend = "cpu";
+    exec::BackendOptions backend;
   };
   auto a = std::make_shared<Args>();
   cmd->add_option("--model", a->dir, "Model directory")->required();
@@ -350,7 +350,7 @@ void AddReplayCommand(CLI::App& app, int& exit_code) {
     uint64_t seed = 0;
     double init_scale = 1.0;
     int threads = 0;
-    std::string backend = "cpu";
+    exec::BackendOptions backend;
     bool as_json = false, items = false, class_max = false;
   };
   auto a = std::make_shared<Args>();

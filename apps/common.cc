@@ -9,24 +9,28 @@ int Fail(const Status& status) {
   return 1;
 }
 
-Result<Runtime> Open(const std::string& dir, const std::string& backend, int threads,
+Result<Runtime> Open(const std::string& dir, exec::BackendOptions backend, int threads,
                      bool require_tokenizer) {
   Runtime rt;
   model::LoadOptions lo;
   lo.require_tokenizer = require_tokenizer;
   PONDER_ASSIGN_OR_RETURN(rt.ckpt, model::LoadCheckpoint(dir, lo));
-  exec::BackendOptions options;
-  options.kind = backend;
-  options.threads = threads;
-  PONDER_ASSIGN_OR_RETURN(rt.model, exec::MakeBackend(options, rt.ckpt->config, rt.ckpt->weights));
+  backend.threads = threads;
+  PONDER_ASSIGN_OR_RETURN(rt.model, exec::MakeBackend(backend, rt.ckpt->config, rt.ckpt->weights));
   return rt;
 }
 
-void AddBackendFlag(CLI::App* cmd, std::string* backend) {
+void AddBackendFlag(CLI::App* cmd, exec::BackendOptions* backend) {
   std::string kinds;
   for (const std::string& k : exec::BackendKinds()) kinds += (kinds.empty() ? "" : ", ") + k;
-  cmd->add_option("--backend", *backend, "executor: cpu or cuda (in this build: " + kinds + ")")
+  cmd->add_option("--backend", backend->kind,
+                  "executor: cpu or cuda (in this build: " + kinds + ")")
       ->check(CLI::IsMember({"cpu", "cuda"}));
+  cmd->add_option("--device", backend->device, "CUDA device ordinal (--backend cuda)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--cuda-weights", backend->cuda_weights,
+                  "CUDA weight storage, f32 accumulation either way: bf16 or f32")
+      ->check(CLI::IsMember({"bf16", "f32"}));
 }
 
 std::string HumanBytes(double b) {

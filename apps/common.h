@@ -19,13 +19,14 @@ struct Runtime {
   std::unique_ptr<exec::Backend> model;
 };
 
-// Loads a model directory and builds the backend `backend` ("cpu" with `threads` threads,
-// 0: all; or "cuda").
-[[nodiscard]] Result<Runtime> Open(const std::string& dir, const std::string& backend, int threads,
-                                   bool require_tokenizer);
+// Loads a model directory and builds the backend `backend` (for "cpu", with `threads`
+// threads, 0: all).
+[[nodiscard]] Result<Runtime> Open(const std::string& dir, exec::BackendOptions backend,
+                                   int threads, bool require_tokenizer);
 
-// Adds `--backend cpu|cuda` (the executor that runs the model) to a command.
-void AddBackendFlag(CLI::App* cmd, std::string* backend);
+// Adds `--backend cpu|cuda` (the executor that runs the model), `--device N` and
+// `--cuda-weights bf16|f32` to a command.
+void AddBackendFlag(CLI::App* cmd, exec::BackendOptions* backend);
 
 // "1.50 MiB".
 std::string HumanBytes(double bytes);

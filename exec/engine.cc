@@ -277,8 +277,7 @@ Result<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& options) {
   PONDER_ASSIGN_OR_RETURN(telemetry::CostModel cm, telemetry::CostModel::Create(DimsOf(
                                                        impl->ckpt->config, impl->ckpt->weights)));
   impl->cost = std::make_unique<telemetry::CostModel>(cm);
-  BackendOptions backend;
-  backend.kind = options.backend;
+  BackendOptions backend = options.backend;
   backend.threads = options.threads;
   PONDER_ASSIGN_OR_RETURN(impl->model,
                           MakeBackend(backend, impl->ckpt->config, impl->ckpt->weights));
