@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <new>
 #include <unordered_map>
 #include <vector>
@@ -229,25 +230,43 @@ struct DeviceBuffer {
   }
 };
 
+// KV pages in device memory. Pages a pool gives back are kept for the next pool (a
+// replay or calibration builds one per request) instead of going back to the driver, whose
+// cudaFree would stall the device each time; all are freed with the model.
 class DevicePages : public PageMemory {
  public:
-  explicit DevicePages(int device) : device_(device) {}
+  ~DevicePages() override {
+    cudaSetDevice(device_);
+    for (const auto& [page, floats] : sizes_) cudaFree(page);
+  }
+  void set_device(int device) { device_ = device; }
   float* Allocate(size_t floats) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto& spare = free_[floats];
+    if (!spare.empty()) {
+      float* page = spare.back();
+      spare.pop_back();
+      return page;
+    }
     PONDER_CUDA_CHECK(cudaSetDevice(device_));
     void* p = nullptr;
     if (cudaMalloc(&p, floats * sizeof(float)) != cudaSuccess) {
       cudaGetLastError();  // clear the error: the caller sees an allocation failure
       throw std::bad_alloc();
     }
+    sizes_.emplace(static_cast<float*>(p), floats);
     return static_cast<float*>(p);
   }
   void Free(float* page) override {
-    cudaSetDevice(device_);
-    cudaFree(page);
+    std::lock_guard<std::mutex> lock(mu_);
+    free_[sizes_.at(page)].push_back(page);
   }
 
  private:
-  int device_;
+  int device_ = 0;
+  std::mutex mu_;
+  std::unordered_map<float*, size_t> sizes_;              // every page allocated
+  std::unordered_map<size_t, std::vector<float*>> free_;  // given back, by size
 };
 
 // A weight matrix on the device: [rows, cols] row-major, bf16 or f32.
@@ -274,7 +293,7 @@ struct CudaModel::Impl {
   bool bf16 = true;
   cudaStream_t stream = nullptr;
   cublasHandle_t blas = nullptr;
-  DevicePages pages{0};
+  DevicePages pages;
   std::vector<void*> allocations;  // weights and tables, freed at the end
   uint64_t weight_bytes = 0;
   std::unordered_map<const void*, DeviceMatrix> matrices;  // by host data pointer (tied head)
@@ -638,7 +657,7 @@ Result<std::unique_ptr<Backend>> CudaModel::Create(const model::Config& config,
     return Unavailable("backend cuda: cublasCreate failed");
   }
   cublasSetStream(im.blas, im.stream);
-  im.pages = DevicePages(device);
+  im.pages.set_device(device);
   im.bf16 = weights_dtype == "bf16";
   im.d = config.n_embd;
   im.heads = config.n_heads;
