@@ -98,6 +98,10 @@ struct Engine::Impl {
   std::thread worker;
   // Worker-only state.
   std::unique_ptr<DepthBatcher> batcher;
+  // Requests taken out of the queue or the batch whose outcome is not reported yet (guarded
+  // by mu): the state published counts them as running, so that a scrape never sees a
+  // request gone before its outcome is counted.
+  int64_t finishing = 0;
   std::unordered_map<DepthBatcher::Id, int64_t> by_batch_id;
 
   ~Impl() {
@@ -223,9 +227,9 @@ struct Engine::Impl {
     telemetry::EngineState st;
     {
       std::lock_guard<std::mutex> lock(mu);
-      st.running = static_cast<int64_t>(running.size());
+      st.running = static_cast<int64_t>(running.size()) + finishing;
       st.waiting = static_cast<int64_t>(queue.size());
-      st.kv_bytes_used = running.empty() ? 0 : stats.kv_bytes_used;
+      st.kv_bytes_used = running.empty() && finishing == 0 ? 0 : stats.kv_bytes_used;
       st.kv_bytes_reserved = kv_reserved;
       st.kv_bytes_capacity = stats.kv_bytes_capacity;
     }
@@ -476,12 +480,14 @@ void Engine::Impl::Run() {
         to_admit.push_back(raw);
       }
       stats.waiting = static_cast<int64_t>(queue.size());
+      finishing += static_cast<int64_t>(to_cancel.size() + to_expire.size());
     }
     for (auto& p : to_cancel) Finish(*p, "cancelled", nullptr);
     for (auto& p : to_expire) Finish(*p, "deadline", nullptr);
     {
       std::lock_guard<std::mutex> lock(mu);
       stats.cancelled += static_cast<int64_t>(to_cancel.size());
+      finishing -= static_cast<int64_t>(to_cancel.size() + to_expire.size());
     }
     // Running requests cancelled: their caches go at once.
     for (int64_t id : cancel_running) {
@@ -494,12 +500,15 @@ void Engine::Impl::Run() {
         running.erase(it);
         kv_reserved -= p->kv_reserve;
         ++stats.cancelled;
+        ++finishing;
       }
       if (p->batch_id != 0) {
         batcher->Remove(p->batch_id);
         by_batch_id.erase(p->batch_id);
       }
       Finish(*p, "cancelled", nullptr);
+      std::lock_guard<std::mutex> lock(mu);
+      --finishing;
     }
     for (Pending* p : to_admit) {
       SequenceSpec spec = p->spec;
@@ -572,6 +581,7 @@ void Engine::Impl::Run() {
       kv_reserved -= it->second->kv_reserve;
       done.emplace_back(std::move(it->second), std::move(r));
       running.erase(it);
+      ++finishing;
     }
     {
       std::lock_guard<std::mutex> lock(mu);
@@ -594,6 +604,10 @@ void Engine::Impl::Run() {
         continue;
       }
       Finish(*p, r->finish_reason, &*r);
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      finishing -= static_cast<int64_t>(done.size());
     }
     PublishState();
     if (!st.ok()) {
