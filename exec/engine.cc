@@ -116,7 +116,11 @@ struct Engine::Impl {
   policy::BudgetLedger& Ledger(const std::string& profile) { return *ledgers.at(profile); }
 
   // Finishes a request that never ran or was cut short. Caller holds mu or owns p.
-  void Finish(Pending& p, const std::string& reason, const AdaptiveResult* r) {
+  // Reports a request's outcome and completes its future. `counted`: the request was
+  // counted in `finishing` when it left the queue or the batch; it stops counting once its
+  // outcome is reported, before its future completes.
+  void Finish(Pending& p, const std::string& reason, const AdaptiveResult* r,
+              bool counted = false) {
     GenerationResult g;
     g.request_id = p.id;
     g.plan = p.spec.plan;
@@ -175,6 +179,10 @@ struct Engine::Impl {
       rec.inter_token_seconds = p.inter_token;
       options.sink->OnRequest(rec);
       PublishBudget(*p.profile, p.spec.plan.tenant, now);
+    }
+    if (counted) {
+      std::lock_guard<std::mutex> lock(mu);
+      --finishing;
     }
     p.promise.set_value(std::move(g));
   }
@@ -482,12 +490,11 @@ void Engine::Impl::Run() {
       stats.waiting = static_cast<int64_t>(queue.size());
       finishing += static_cast<int64_t>(to_cancel.size() + to_expire.size());
     }
-    for (auto& p : to_cancel) Finish(*p, "cancelled", nullptr);
-    for (auto& p : to_expire) Finish(*p, "deadline", nullptr);
+    for (auto& p : to_cancel) Finish(*p, "cancelled", nullptr, /*counted=*/true);
+    for (auto& p : to_expire) Finish(*p, "deadline", nullptr, /*counted=*/true);
     {
       std::lock_guard<std::mutex> lock(mu);
       stats.cancelled += static_cast<int64_t>(to_cancel.size());
-      finishing -= static_cast<int64_t>(to_cancel.size() + to_expire.size());
     }
     // Running requests cancelled: their caches go at once.
     for (int64_t id : cancel_running) {
@@ -506,9 +513,7 @@ void Engine::Impl::Run() {
         batcher->Remove(p->batch_id);
         by_batch_id.erase(p->batch_id);
       }
-      Finish(*p, "cancelled", nullptr);
-      std::lock_guard<std::mutex> lock(mu);
-      --finishing;
+      Finish(*p, "cancelled", nullptr, /*counted=*/true);
     }
     for (Pending* p : to_admit) {
       SequenceSpec spec = p->spec;
@@ -600,14 +605,14 @@ void Engine::Impl::Run() {
     if (options.sink) options.sink->OnTick(rows, secs);
     for (auto& [p, r] : done) {
       if (!r.ok()) {
+        {
+          std::lock_guard<std::mutex> lock(mu);
+          --finishing;
+        }
         p->promise.set_value(r.status());
         continue;
       }
-      Finish(*p, r->finish_reason, &*r);
-    }
-    {
-      std::lock_guard<std::mutex> lock(mu);
-      finishing -= static_cast<int64_t>(done.size());
+      Finish(*p, r->finish_reason, &*r, /*counted=*/true);
     }
     PublishState();
     if (!st.ok()) {
