@@ -61,8 +61,7 @@ std::unique_ptr<SequenceCache> Backend::NewCache(KvStrategy strategy, KvPagePool
 }
 
 Status Backend::CheckPrelude(std::span<const Chunk> chunks, std::span<const int32_t> tokens) const {
-  int64_t n = 0;
-  for (const Chunk& c : chunks) n += c.count;
+  const int64_t n = TotalRows(chunks);
   if (static_cast<int64_t>(tokens.size()) != n) {
     return InvalidArgument("prelude: " + std::to_string(tokens.size()) + " tokens for " +
                            std::to_string(n) + " rows");

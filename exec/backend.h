@@ -32,6 +32,13 @@ struct Chunk {
   int64_t count = 0;               // number of new tokens (>= 1)
 };
 
+// Rows of a batched call: the chunks' new tokens.
+inline int64_t TotalRows(std::span<const Chunk> chunks) {
+  int64_t n = 0;
+  for (const Chunk& c : chunks) n += c.count;
+  return n;
+}
+
 class Backend {
  public:
   Backend(const model::Config& config, const model::Weights& weights)

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -126,6 +127,14 @@ class SequenceCache {
   void SetDepth(int64_t pos, int64_t count, int64_t iterations);
   // Smallest depth over positions [0, end).
   int64_t MinDepth(int64_t end) const;
+  // Whether a position before `end` stopped iterating before `iteration`: attention at that
+  // iteration then reads such positions through CoreRead.
+  bool HasGap(int64_t end, int64_t iteration) const { return end > 0 && MinDepth(end) < iteration; }
+  // The slot attention at core `iteration` of `layer` reads an earlier position p from: p's
+  // own slot at that iteration, or its last iteration's when p stopped sooner.
+  KvSlot& CoreRead(int64_t iteration, int64_t layer, int64_t p) {
+    return Core(std::min(iteration, depth(p)), layer);
+  }
 
   // Tokens whose whole forward pass (through the coda) is cached.
   int64_t tokens() const { return tokens_; }

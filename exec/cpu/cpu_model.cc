@@ -10,12 +10,6 @@
 namespace ponder::exec::cpu {
 namespace {
 
-int64_t TotalRows(std::span<const Chunk> chunks) {
-  int64_t n = 0;
-  for (const Chunk& c : chunks) n += c.count;
-  return n;
-}
-
 void Grow(std::vector<float>& buf, size_t n) {
   if (buf.size() < n) buf.resize(n);
 }
@@ -248,7 +242,7 @@ void CpuModel::Attention(std::span<const Chunk> chunks, std::span<KvSlot* const>
   for (size_t b = 0; b < chunks.size(); ++b) {
     const Chunk& c = chunks[b];
     const int64_t it = core_layer_ >= 0 ? core_iterations_[b] : 0;
-    const bool gap = core_layer_ >= 0 && c.pos > 0 && c.cache->MinDepth(c.pos) < it;
+    const bool gap = core_layer_ >= 0 && c.cache->HasGap(c.pos, it);
     if (c.count == 1 && !gap) continue;
     const int64_t ctx = c.pos + c.count;
     auto& gk = gathered_k_[b];
@@ -256,8 +250,7 @@ void CpuModel::Attention(std::span<const Chunk> chunks, std::span<KvSlot* const>
     gk.resize(ctx * d_);
     gv.resize(ctx * d_);
     for (int64_t p = 0; p < ctx; ++p) {
-      const int64_t from = gap && p < c.pos ? std::min(it, c.cache->depth(p)) : it;
-      const KvSlot& src = !gap || from == it ? *slots[b] : c.cache->Core(from, core_layer_);
+      const KvSlot& src = gap && p < c.pos ? c.cache->CoreRead(it, core_layer_, p) : *slots[b];
       std::memcpy(&gk[p * d_], src.K(p), d_ * sizeof(float));
       std::memcpy(&gv[p * d_], src.V(p), d_ * sizeof(float));
     }

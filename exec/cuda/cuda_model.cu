@@ -280,12 +280,6 @@ struct DeviceBlock {
   DeviceMatrix wqkv, attn_proj, mlp_fc, mlp_proj;
 };
 
-int64_t TotalRows(std::span<const Chunk> chunks) {
-  int64_t n = 0;
-  for (const Chunk& c : chunks) n += c.count;
-  return n;
-}
-
 }  // namespace
 
 struct CudaModel::Impl {
@@ -469,11 +463,10 @@ struct CudaModel::Impl {
       slot.Reserve(c.pos + c.count);
       slot.length = std::max(slot.length, c.pos + c.count);
       const int64_t it = iterations != nullptr ? iterations[b] : 0;
-      const bool gap = iterations != nullptr && c.pos > 0 && c.cache->MinDepth(c.pos) < it;
+      const bool gap = iterations != nullptr && c.cache->HasGap(c.pos, it);
       const int64_t ctx = c.pos + c.count;
       for (int64_t p = 0; p < ctx; ++p) {
-        const int64_t from = gap && p < c.pos ? std::min(it, c.cache->depth(p)) : it;
-        const KvSlot& src = !gap || from == it ? slot : c.cache->Core(from, layer);
+        const KvSlot& src = gap && p < c.pos ? c.cache->CoreRead(it, layer, p) : slot;
         kp[t + p] = src.K(p);
         vp[t + p] = src.V(p);
       }
