@@ -116,11 +116,7 @@ uint64_t DepthBatcher::kv_bytes(Id id) const {
   return it == seqs_.end() ? 0 : it->second->cache->bytes();
 }
 
-uint64_t DepthBatcher::kv_bytes() const {
-  uint64_t n = 0;
-  for (const auto& [id, q] : seqs_) n += q->cache->bytes();
-  return n;
-}
+uint64_t DepthBatcher::kv_bytes() const { return pool_.bytes_in_use(); }
 
 Status DepthBatcher::StartTokens(std::vector<Seq*>& starting) {
   if (starting.empty()) return Status::Ok();

@@ -79,7 +79,8 @@ class DepthBatcher {
   // Elastic controls for a sequence (ignored for unknown ids).
   void SetControl(Id id, const SequenceControl& control);
 
-  // KV bytes held by one sequence and by all sequences (whole pages of the batcher's pool).
+  // KV bytes held by one sequence and by all sequences (whole pages of the batcher's pool;
+  // every sequence's cache takes its pages from it, so all of them is the pool's pages in use).
   uint64_t kv_bytes(Id id) const;
   uint64_t kv_bytes() const;
   // The page pool every sequence's cache takes its pages from.
