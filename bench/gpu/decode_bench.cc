@@ -118,67 +118,121 @@ int main(int argc, char** argv) {
               gpu->device().name.c_str(), gpu->device().sm_major, gpu->device().sm_minor,
               gpu->device().memory_bytes / 1073741824.0, gpu->device_weight_bytes() / 1073741824.0);
   std::printf("copy bandwidth (device to device, reads + writes): %.0f GB/s\n", *bw / 1e9);
-  std::printf("%6s %6s %12s %12s %12s %10s %12s\n", "batch", "r", "floor_ms", "step_ms", "of_floor",
-              "tok/s", "bytes/step");
+  const int64_t d = cfg.n_embd, v = cfg.padded_vocab_size;
+  // Median seconds per decode step of `batch` sequences at r iterations (after a prefill).
+  auto decode = [&](int64_t batch, int64_t r) {
+    auto pool = gpu->NewPagePool();
+    std::vector<std::unique_ptr<exec::SequenceCache>> caches;
+    for (int64_t b = 0; b < batch; ++b) caches.push_back(gpu->NewCache({}, pool.get()));
+    // Prefill: every sequence's prompt in one call per phase.
+    std::vector<exec::Chunk> chunks;
+    std::vector<int32_t> toks;
+    for (int64_t b = 0; b < batch; ++b) {
+      chunks.push_back({caches[b].get(), 0, prompt});
+      for (int64_t t = 0; t < prompt; ++t)
+        toks.push_back(static_cast<int32_t>((b * 31 + t * 7) % cfg.vocab_size));
+    }
+    auto step = [&](std::vector<exec::Chunk>& ch, const std::vector<int32_t>& in) {
+      int64_t n = 0;
+      for (const auto& c : ch) n += c.count;
+      std::vector<float> e(n * d), s(n * d), logits(ch.size() * v);
+      if (!gpu->Prelude(ch, in, e.data()).ok()) std::abort();
+      gpu->InitState(ch, 7, 0, 1.0, s.data());
+      std::vector<int64_t> its(ch.size());
+      for (int64_t i = 1; i <= r; ++i) {
+        std::fill(its.begin(), its.end(), i);
+        gpu->CoreStep(ch, its, e.data(), s.data());
+      }
+      gpu->Coda(ch, s.data(), /*last_only=*/true, logits.data());
+      std::vector<int32_t> next(ch.size());
+      for (size_t b = 0; b < ch.size(); ++b) {
+        const float* row = logits.data() + b * v;
+        next[b] = static_cast<int32_t>(std::max_element(row, row + cfg.vocab_size) - row);
+      }
+      return next;
+    };
+    std::vector<int32_t> next = step(chunks, toks);
+    std::vector<double> times;
+    for (int64_t t = 0; t < tokens; ++t) {
+      for (int64_t b = 0; b < batch; ++b) chunks[b] = {caches[b].get(), prompt + t, 1};
+      const auto t0 = std::chrono::steady_clock::now();
+      next = step(chunks, next);
+      times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    return Median(times);
+  };
+
+  std::printf("%7s %6s %6s %12s %12s %12s %10s %12s\n", "path", "batch", "r", "floor_ms", "step_ms",
+              "of_floor", "tok/s", "bytes/step");
   std::string json = "{\"device\": \"" + gpu->device().name +
                      "\", \"copy_bandwidth_gbs\": " + std::to_string(*bw / 1e9) + ", \"rows\": [";
   bool first = true;
-  const int64_t d = cfg.n_embd, v = cfg.padded_vocab_size;
-  for (int64_t batch : Ints(batches)) {
-    for (int64_t r : Ints(depths)) {
-      auto pool = gpu->NewPagePool();
-      std::vector<std::unique_ptr<exec::SequenceCache>> caches;
-      for (int64_t b = 0; b < batch; ++b) caches.push_back(gpu->NewCache({}, pool.get()));
-      // Prefill: every sequence's prompt in one call per phase.
-      std::vector<exec::Chunk> chunks;
-      std::vector<int32_t> toks;
-      for (int64_t b = 0; b < batch; ++b) {
-        chunks.push_back({caches[b].get(), 0, prompt});
-        for (int64_t t = 0; t < prompt; ++t)
-          toks.push_back(static_cast<int32_t>((b * 31 + t * 7) % cfg.vocab_size));
+  // default: products of up to 3 rows in the backend's kernel, more in cuBLAS; cublas: all
+  // in cuBLAS (inputs split into two bf16 parts).
+  for (const std::string path : {"default", "cublas"}) {
+    if (path == "cublas") gpu->set_gemv(0);
+    for (int64_t batch : Ints(batches)) {
+      if (path == "cublas" && batch > 2) continue;  // the same products as the default
+      for (int64_t r : Ints(depths)) {
+        const double step_s = decode(batch, r);
+        const double bytes = static_cast<double>(fixed + r * per_iteration);
+        const double floor_s = bytes / *bw;
+        std::printf("%7s %6lld %6lld %12.2f %12.2f %11.0f%% %10.1f %12.3e\n", path.c_str(),
+                    (long long)batch, (long long)r, floor_s * 1e3, step_s * 1e3,
+                    100.0 * floor_s / step_s, batch / step_s, bytes);
+        std::fflush(stdout);
+        json += std::string(first ? "" : ", ") + "{\"path\": \"" + path +
+                "\", \"batch\": " + std::to_string(batch) + ", \"r\": " + std::to_string(r) +
+                ", \"floor_ms\": " + std::to_string(floor_s * 1e3) +
+                ", \"step_ms\": " + std::to_string(step_s * 1e3) +
+                ", \"tokens_per_s\": " + std::to_string(batch / step_s) + "}";
+        first = false;
       }
-      auto step = [&](std::vector<exec::Chunk>& ch, const std::vector<int32_t>& in) {
-        int64_t n = 0;
-        for (const auto& c : ch) n += c.count;
-        std::vector<float> e(n * d), s(n * d), logits(ch.size() * v);
-        if (!gpu->Prelude(ch, in, e.data()).ok()) std::abort();
-        gpu->InitState(ch, 7, 0, 1.0, s.data());
-        std::vector<int64_t> its(ch.size());
-        for (int64_t i = 1; i <= r; ++i) {
-          std::fill(its.begin(), its.end(), i);
-          gpu->CoreStep(ch, its, e.data(), s.data());
-        }
-        gpu->Coda(ch, s.data(), /*last_only=*/true, logits.data());
-        std::vector<int32_t> next(ch.size());
-        for (size_t b = 0; b < ch.size(); ++b) {
-          const float* row = logits.data() + b * v;
-          next[b] = static_cast<int32_t>(std::max_element(row, row + cfg.vocab_size) - row);
-        }
-        return next;
-      };
-      std::vector<int32_t> next = step(chunks, toks);
-      std::vector<double> times;
-      for (int64_t t = 0; t < tokens; ++t) {
-        for (int64_t b = 0; b < batch; ++b) chunks[b] = {caches[b].get(), prompt + t, 1};
-        const auto t0 = std::chrono::steady_clock::now();
-        next = step(chunks, next);
-        times.push_back(
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    gpu->set_gemv(exec::cuda::CudaModel::kGemvDefaultRows);
+  }
+
+  // Where a core step's time goes (device time per CoreStep, by stage), at r = 32.
+  for (int64_t batch : {1, 8}) {
+    gpu->set_profile(true);
+    decode(batch, 32);
+    gpu->set_profile(false);
+    int64_t steps = 0;
+    const auto stages = gpu->TakeProfile(&steps);
+    double total = 0;
+    for (const auto& [name, ms] : stages) total += ms;
+    std::printf("\ncore step by stage, batch %lld, r = 32 (%lld steps; ms per step)\n",
+                (long long)batch, (long long)steps);
+    for (const auto& [name, ms] : stages) {
+      std::printf("  %-36s %8.4f\n", name.c_str(), ms / std::max<int64_t>(steps, 1));
+    }
+    std::printf("  %-36s %8.4f\n", "total", total / std::max<int64_t>(steps, 1));
+  }
+
+  // One core iteration's products alone: how near the matrix products come to the copy
+  // bandwidth, apart from everything else a decode step does.
+  std::printf("\ncore iteration, products only (%.3e bytes of weights)\n%7s %6s %10s %10s %9s\n",
+              static_cast<double>(per_iteration), "path", "rows", "ms", "GB/s", "of_copy");
+  json += "], \"products\": [";
+  first = true;
+  for (int64_t rows : {1, 2, 3, 4, 8, 16, 32}) {
+    for (const std::string path : {"gemv", "gemv8", "cublas"}) {
+      if (path != "cublas" && rows > 8) continue;
+      gpu->set_gemv(path == "cublas" ? 0 : 8, path == "gemv8" ? 8 : 4);
+      auto ms = gpu->TimeCoreProducts(rows, 20);
+      if (!ms.ok()) {
+        std::fprintf(stderr, "gpu_decode_bench: %s\n", ms.status().ToString().c_str());
+        return 1;
       }
-      const double step_s = Median(times);
-      const double bytes = static_cast<double>(fixed + r * per_iteration);
-      const double floor_s = bytes / *bw;
-      std::printf("%6lld %6lld %12.2f %12.2f %11.0f%% %10.1f %12.3e\n", (long long)batch,
-                  (long long)r, floor_s * 1e3, step_s * 1e3, 100.0 * floor_s / step_s,
-                  batch / step_s, bytes);
-      std::fflush(stdout);
-      json += std::string(first ? "" : ", ") + "{\"batch\": " + std::to_string(batch) +
-              ", \"r\": " + std::to_string(r) + ", \"floor_ms\": " + std::to_string(floor_s * 1e3) +
-              ", \"step_ms\": " + std::to_string(step_s * 1e3) +
-              ", \"tokens_per_s\": " + std::to_string(batch / step_s) + "}";
+      const double gbs = static_cast<double>(per_iteration) / (*ms * 1e-3) / 1e9;
+      std::printf("%7s %6lld %10.3f %10.0f %8.0f%%\n", path.c_str(), (long long)rows, *ms, gbs,
+                  100.0 * gbs * 1e9 / *bw);
+      json += std::string(first ? "" : ", ") + "{\"path\": \"" + path +
+              "\", \"rows\": " + std::to_string(rows) + ", \"ms\": " + std::to_string(*ms) + "}";
       first = false;
     }
   }
+  gpu->set_gemv(exec::cuda::CudaModel::kGemvDefaultRows);
   json += "]}\n";
   if (!json_path.empty()) std::ofstream(json_path) << json;
   return 0;

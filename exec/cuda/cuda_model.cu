@@ -43,6 +43,9 @@ Status CudaStatus(cudaError_t err, const std::string& what) {
 }
 
 constexpr int kThreads = 256;
+// Threads of the kernels that give one block to a row (norms, RoPE): a decode call has a few
+// rows, so each row's d elements are spread over many threads, several loads in flight each.
+constexpr int kRowThreads = 1024;
 
 // ---- kernels ----------------------------------------------------------------------------
 
@@ -84,10 +87,11 @@ __global__ void EmbedKernel(const int32_t* tokens, const W* wte, int64_t d, floa
 // elements it read). With `add`, x[r] + y[r] is also the normalised input. One block per row.
 __global__ void RmsNormKernel(float* x, const float* y, const float* w, int64_t d, float eps,
                               float* out) {
-  __shared__ float red[kThreads / 32];
+  __shared__ float red[kRowThreads / 32];
   const int64_t r = blockIdx.x;
   float* xr = x + r * d;
   float ss = 0.0f;
+#pragma unroll 4
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
     float v = xr[j];
     if (y != nullptr) {
@@ -98,21 +102,156 @@ __global__ void RmsNormKernel(float* x, const float* y, const float* w, int64_t 
   }
   const float total = BlockSum(ss, red);
   const float scale = 1.0f / sqrtf(total / static_cast<float>(d) + eps);
+#pragma unroll 4
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x) out[r * d + j] = (xr[j] * scale) * w[j];
 }
 
-// Converts f32 rows to the weights' type for a product: y[r, j] = x[r * ldx + j].
-template <typename T>
-__global__ void ConvertKernel(const float* x, int64_t n, int64_t cols, int64_t ldx, T* y) {
+// x[r] = rmsnorm(x[r] (+ y[r])) * wa in place, then h[r] = rmsnorm(x[r]) * wb: the two norms
+// that meet between sublayers (norm_2 and norm_3; a block's norm_4 and the next block's
+// norm_1) in one kernel, each value computed as RmsNormKernel computes it. One block per row.
+__global__ void RmsNorm2Kernel(float* x, const float* y, const float* wa, const float* wb,
+                               int64_t d, float eps, float* h) {
+  __shared__ float red[kRowThreads / 32];
+  const int64_t r = blockIdx.x;
+  float* xr = x + r * d;
+  float ss = 0.0f;
+#pragma unroll 4
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+    float v = xr[j];
+    if (y != nullptr) v += y[r * d + j];
+    xr[j] = v;
+    ss += v * v;
+  }
+  const float scale = 1.0f / sqrtf(BlockSum(ss, red) / static_cast<float>(d) + eps);
+  float ss2 = 0.0f;
+#pragma unroll 4
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+    const float v = (xr[j] * scale) * wa[j];
+    xr[j] = v;
+    ss2 += v * v;
+  }
+  const float scale2 = 1.0f / sqrtf(BlockSum(ss2, red) / static_cast<float>(d) + eps);
+#pragma unroll 4
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) h[r * d + j] = (xr[j] * scale2) * wb[j];
+}
+
+// Copies f32 rows into a contiguous block: y[r, j] = x[r * ldx + j].
+__global__ void CompactKernel(const float* x, int64_t n, int64_t cols, int64_t ldx, float* y) {
   const int64_t total = n * cols;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t r = i / cols, j = i % cols;
-    if constexpr (std::is_same_v<T, float>) {
-      y[i] = x[r * ldx + j];
-    } else {
-      y[i] = __float2bfloat16(x[r * ldx + j]);
+    y[i] = x[(i / cols) * ldx + i % cols];
+  }
+}
+
+// Splits f32 rows into two bf16 parts for a product with bf16 weights: hi = bf16(x) in rows
+// [0, n), lo = bf16(x - hi) in rows [n, 2n). hi + lo keeps about 16 significant bits of x,
+// where hi alone keeps 8: W.hi + W.lo is, to f32 rounding, the product with f32 rows
+// that the CPU executor computes.
+__global__ void SplitBf16Kernel(const float* x, int64_t n, int64_t cols, int64_t ldx,
+                                __nv_bfloat16* y) {
+  const int64_t total = n * cols;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float v = x[(i / cols) * ldx + i % cols];
+    const __nv_bfloat16 hi = __float2bfloat16(v);
+    y[i] = hi;
+    y[total + i] = __float2bfloat16(v - __bfloat162float(hi));
+  }
+}
+
+// y[r, j] (row stride ldy) = parts[r, j] + parts[n + r, j] (+ y[r, j] when accumulate):
+// the two halves of a split product added. parts: [2n, out].
+__global__ void FoldKernel(const float* parts, int64_t n, int64_t out, float* y, int64_t ldy,
+                           int accumulate) {
+  const int64_t total = n * out;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    float* dst = y + (i / out) * ldy + i % out;
+    const float v = parts[i] + parts[total + i];
+    *dst = accumulate ? *dst + v : v;
+  }
+}
+
+// acc + sum_i bf16(w)[i] * x[i] over 8 bf16 weights (one 16-byte load) and 8 f32 inputs
+// (a: the first four, b: the last four). A bf16 is the high half of an f32.
+__device__ inline float Dot8(uint4 w, float4 a, float4 b, float acc) {
+  acc = fmaf(__uint_as_float(w.x << 16), a.x, acc);
+  acc = fmaf(__uint_as_float(w.x & 0xffff0000u), a.y, acc);
+  acc = fmaf(__uint_as_float(w.y << 16), a.z, acc);
+  acc = fmaf(__uint_as_float(w.y & 0xffff0000u), a.w, acc);
+  acc = fmaf(__uint_as_float(w.z << 16), b.x, acc);
+  acc = fmaf(__uint_as_float(w.z & 0xffff0000u), b.y, acc);
+  acc = fmaf(__uint_as_float(w.w << 16), b.z, acc);
+  acc = fmaf(__uint_as_float(w.w & 0xffff0000u), b.w, acc);
+  return acc;
+}
+
+// The most input rows GemvKernel takes.
+constexpr int64_t kGemvMaxN = 8;
+
+// Decode products of a few rows with bf16 weights and f32 inputs (no rounding of the
+// inputs): y[n, o] (row stride ldy) = sum_j x[n, j] W[o, j] (+ y when accumulate) for
+// N rows of x. Bound by reading W once: each block owns R output rows and its
+// threads stride over k together, 16 bytes of each row per load (streamed past L1); x is
+// read once per block (R output rows per block: more rows read x less often, fewer rows
+// need fewer registers and give more blocks). Partial sums are reduced in a fixed order (warp
+// shuffles, then the warps in index order), so a row's result does not depend on N or on the
+// launch. Needs k, ldw % 8 == 0, ldx % 4 == 0, and W and x 16-byte aligned (Gemv checks).
+template <int N, int R>
+__global__ void __launch_bounds__(kThreads)
+    GemvKernel(const __nv_bfloat16* __restrict__ w, int64_t ldw, int64_t rows, int64_t k,
+               const float* __restrict__ x, int64_t ldx, float* __restrict__ y, int64_t ldy,
+               int accumulate) {
+  __shared__ float part[kThreads / 32][R * N];
+  const int64_t o0 = static_cast<int64_t>(blockIdx.x) * R;
+  float acc[R][N];
+#pragma unroll
+  for (int i = 0; i < R; ++i) {
+#pragma unroll
+    for (int n = 0; n < N; ++n) acc[i][n] = 0.0f;
+  }
+  for (int64_t j = static_cast<int64_t>(threadIdx.x) * 8; j < k; j += kThreads * 8) {
+    uint4 wv[R];
+#pragma unroll
+    for (int i = 0; i < R; ++i) {
+      const int64_t o = o0 + i < rows ? o0 + i : rows - 1;
+      wv[i] = __ldcs(reinterpret_cast<const uint4*>(w + o * ldw + j));
     }
+#pragma unroll
+    for (int n = 0; n < N; ++n) {
+      const float4 a = __ldg(reinterpret_cast<const float4*>(x + n * ldx + j));
+      const float4 b = __ldg(reinterpret_cast<const float4*>(x + n * ldx + j + 4));
+#pragma unroll
+      for (int i = 0; i < R; ++i) acc[i][n] = Dot8(wv[i], a, b, acc[i][n]);
+    }
+  }
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll
+  for (int i = 0; i < R; ++i) {
+#pragma unroll
+    for (int n = 0; n < N; ++n) {
+      float v = acc[i][n];
+      for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+      if (lane == 0) part[warp][i * N + n] = v;
+    }
+  }
+  __syncthreads();
+  for (int t = threadIdx.x; t < R * N; t += blockDim.x) {
+    const int i = t / N, n = t % N;
+    if (o0 + i >= rows) continue;
+    float v = 0.0f;
+    for (int q = 0; q < kThreads / 32; ++q) v += part[q][t];
+    float* dst = y + n * ldy + o0 + i;
+    *dst = accumulate ? *dst + v : v;
+  }
+}
+
+// A pattern for timing inputs (never zeros): x[i] = sin(i * 0.37) * 0.5.
+__global__ void PatternKernel(float* x, int64_t total) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    x[i] = 0.5f * sinf(static_cast<float>(i % 100003) * 0.37f);
   }
 }
 
@@ -129,6 +268,7 @@ __global__ void RopeStoreKernel(float* qkv, const float* bias, const float* cos_
   const int64_t pos = positions[r];
   float* kout = kdst[r];
   float* vout = vdst[r];
+#pragma unroll 2
   for (int64_t m = threadIdx.x; m < d / 2; m += blockDim.x) {
     const int64_t h = m / half, i = m % half;
     const int64_t j = h * hd + 2 * i;
@@ -145,43 +285,66 @@ __global__ void RopeStoreKernel(float* qkv, const float* bias, const float* cos_
     kout[j] = k0 * c - k1 * s;
     kout[j + 1] = k0 * s + k1 * c;
   }
+#pragma unroll 4
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x) vout[j] = v[j];
+}
+
+constexpr int kWarps = kThreads / 32;
+
+// Shared memory of AttentionKernel for `visible` positions.
+size_t AttentionSmem(int64_t hd, int64_t visible) {
+  return static_cast<size_t>(kWarps + kWarps * hd + visible) * sizeof(float);
 }
 
 // Causal attention of one query row and one head: out[r, h] = softmax(q . K^T * scale) V
 // over the row's visible positions, whose key and value rows are given by pointer tables
 // (a chunk's table lists its positions in order; a token that stopped iterating early
-// points at its last iteration's rows). Grid (N, heads); scores in shared memory.
+// points at its last iteration's rows). Grid (N, heads). Each warp takes every kWarps-th
+// position: a score is one warp's dot product (lanes over the head's elements), and the
+// weighted sum of values is summed per warp, then over the warps in order. Shared memory
+// (AttentionSmem): the reduction slots, the warps' partial outputs and the scores.
 __global__ void AttentionKernel(const float* qkv, const int32_t* row_table,
                                 const int32_t* row_visible, const float* const* kp,
                                 const float* const* vp, int64_t d, int64_t hd, float scale,
                                 float* out) {
   extern __shared__ float smem[];
-  float* red = smem;                     // kThreads / 32
-  float* scores = smem + kThreads / 32;  // visible
+  float* red = smem;                   // kWarps
+  float* part = smem + kWarps;         // kWarps x hd
+  float* scores = part + kWarps * hd;  // visible
   const int64_t r = blockIdx.x, h = blockIdx.y;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const float* q = qkv + r * 3 * d + h * hd;
   const int64_t base = row_table[r];
   const int64_t visible = row_visible[r];
   float mx = -INFINITY;
-  for (int64_t p = threadIdx.x; p < visible; p += blockDim.x) {
+  for (int64_t p = warp; p < visible; p += kWarps) {
     const float* k = kp[base + p] + h * hd;
     float dot = 0.0f;
-    for (int64_t i = 0; i < hd; ++i) dot += q[i] * k[i];
-    scores[p] = dot * scale;
-    mx = fmaxf(mx, scores[p]);
+    for (int64_t i = lane; i < hd; i += 32) dot += q[i] * k[i];
+    for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+    dot *= scale;
+    if (lane == 0) scores[p] = dot;
+    mx = fmaxf(mx, dot);
   }
-  mx = BlockMax(mx, red);
+  mx = BlockMax(mx, red);  // its barrier also orders the scores' writes before the reads
   float sum = 0.0f;
   for (int64_t p = threadIdx.x; p < visible; p += blockDim.x) {
-    scores[p] = expf(scores[p] - mx);
-    sum += scores[p];
+    const float e = expf(scores[p] - mx);
+    scores[p] = e;
+    sum += e;
   }
   sum = BlockSum(sum, red);  // also orders the scores' writes before the reads below
+  for (int64_t i = lane; i < hd; i += 32) {
+    float acc = 0.0f;
+#pragma unroll 4
+    for (int64_t p = warp; p < visible; p += kWarps) acc += scores[p] * vp[base + p][h * hd + i];
+    part[warp * hd + i] = acc;
+  }
+  __syncthreads();
   const float inv = 1.0f / sum;
   for (int64_t i = threadIdx.x; i < hd; i += blockDim.x) {
     float acc = 0.0f;
-    for (int64_t p = 0; p < visible; ++p) acc += scores[p] * vp[base + p][h * hd + i];
+    for (int w = 0; w < kWarps; ++w) acc += part[w * hd + i];
     out[r * d + h * hd + i] = acc * inv;
   }
 }
@@ -225,6 +388,24 @@ struct DeviceBuffer {
       }
       size = std::max(n, size * 2);
       PONDER_CUDA_CHECK(cudaMalloc(&ptr, size * sizeof(T)));
+    }
+    return ptr;
+  }
+};
+
+// Page-locked host memory that grows on demand (contents are not kept across growth); the
+// device copies to it directly, without the driver's staging of pageable memory.
+struct PinnedBuffer {
+  void* ptr = nullptr;
+  size_t size = 0;
+  ~PinnedBuffer() {
+    if (ptr != nullptr) cudaFreeHost(ptr);
+  }
+  void* Get(size_t bytes) {
+    if (bytes > size) {
+      if (ptr != nullptr) PONDER_CUDA_CHECK(cudaFreeHost(ptr));
+      size = std::max(bytes, size * 2);
+      PONDER_CUDA_CHECK(cudaMallocHost(&ptr, size));
     }
     return ptr;
   }
@@ -297,8 +478,19 @@ struct CudaModel::Impl {
   std::vector<DeviceBlock> prelude, core, coda;
   const float *rope_cos = nullptr, *rope_sin = nullptr;
   // Scratch.
-  DeviceBuffer<float> x, e, s, h, qkv, attn, tmp, ffn, gate, logits, last;
-  DeviceBuffer<unsigned char> stage_a, stage_b;  // weights-typed inputs of the products
+  DeviceBuffer<float> x, e, s, h, qkv, attn, tmp, ffn, gate, logits, last, parts;
+  DeviceBuffer<unsigned char> stage;  // inputs of a cuBLAS product (bf16 parts or compact f32)
+  // The core state on the device: CoreStep reads one and writes the other. `resident` is
+  // the one holding the last CoreStep's output (-1: none), whose bytes the host received as
+  // `resident_host`; a call whose input has exactly these bytes reads it in place instead of
+  // uploading it again. Likewise `e_host`: the embeddings CoreStep last uploaded into `e`.
+  DeviceBuffer<float> state[2];
+  int resident = -1;
+  std::vector<float> resident_host, e_host;
+  PinnedBuffer state_out;  // CoreStep's output on its way to the host
+  bool e_valid = false;
+  int64_t gemv_max_rows = kGemvDefaultRows;
+  int gemv_block_rows = 4;  // output rows per GemvKernel block: 4 or 8
   DeviceBuffer<int32_t> tokens;
   DeviceBuffer<unsigned char> table;  // per-call row tables (positions, KV row pointers)
   unsigned char* table_dev = nullptr;
@@ -310,6 +502,8 @@ struct CudaModel::Impl {
 
   ~Impl() {
     if (info.ordinal >= 0) cudaSetDevice(info.ordinal);
+    for (cudaEvent_t ev : events) cudaEventDestroy(ev);
+    if (last_end != nullptr) cudaEventDestroy(last_end);
     for (void* p : allocations) cudaFree(p);
     if (pinned != nullptr) cudaFreeHost(pinned);
     if (blas != nullptr) cublasDestroy(blas);
@@ -375,38 +569,98 @@ struct CudaModel::Impl {
   }
 
   size_t TypeSize() const { return bf16 ? 2 : 4; }
-  cudaDataType Type() const { return bf16 ? CUDA_R_16BF : CUDA_R_32F; }
 
-  // x [n, in] (row stride ldx) into the weights' type, contiguous.
-  void* Stage(DeviceBuffer<unsigned char>& buf, const float* x, int64_t n, int64_t in,
-              int64_t ldx) {
-    if (!bf16 && ldx == in) return const_cast<float*>(x);  // already the product's input
-    void* out = buf.Get(static_cast<size_t>(n * in) * TypeSize());
-    if (bf16) {
-      ConvertKernel<<<Blocks(n * in), kThreads, 0, stream>>>(x, n, in, ldx,
-                                                             static_cast<__nv_bfloat16*>(out));
-    } else {
-      ConvertKernel<<<Blocks(n * in), kThreads, 0, stream>>>(x, n, in, ldx,
-                                                             static_cast<float*>(out));
-    }
-    return out;
+  // The products of a few rows run in GemvKernel when it fits (bf16 weights, aligned).
+  bool GemvFits(const float* x, int64_t n, int64_t ldx, const DeviceMatrix& w, int64_t col0,
+                int64_t k) const {
+    if (!bf16) return false;
+    const auto* wp = static_cast<const __nv_bfloat16*>(w.ptr) + col0;
+    return n >= 1 && n <= gemv_max_rows && n <= kGemvMaxN && k % 8 == 0 &&
+           w.cols % 8 == 0 && ldx % 4 == 0 && reinterpret_cast<uintptr_t>(wp) % 16 == 0 &&
+           reinterpret_cast<uintptr_t>(x) % 16 == 0;
   }
 
-  // y[n, out] (row stride ldy) = x_staged[n, k] . W[:, col0:col0 + k]^T (+ y when accumulate).
-  void Gemm(const void* xs, int64_t n, int64_t k, const DeviceMatrix& w, int64_t col0, float* y,
-            int64_t ldy, bool accumulate) {
+  template <int N>
+  void LaunchGemv(const __nv_bfloat16* wp, const DeviceMatrix& w, int64_t k, const float* x,
+                  int64_t ldx, float* y, int64_t ldy, bool accumulate) {
+    const int acc = accumulate ? 1 : 0;
+    if (gemv_block_rows == 4) {
+      const auto blocks = static_cast<unsigned>((w.rows + 3) / 4);
+      GemvKernel<N, 4><<<blocks, kThreads, 0, stream>>>(wp, w.cols, w.rows, k, x, ldx, y, ldy, acc);
+    } else {
+      const auto blocks = static_cast<unsigned>((w.rows + 7) / 8);
+      GemvKernel<N, 8><<<blocks, kThreads, 0, stream>>>(wp, w.cols, w.rows, k, x, ldx, y, ldy, acc);
+    }
+  }
+
+  // y[n, w.rows] (row stride ldy) = x[n, k] (row stride ldx) . W[:, col0:col0 + k]^T
+  // (+ y when accumulate), f32 accumulation. With bf16 weights the inputs are not rounded to
+  // bf16: a few rows go through GemvKernel with f32 inputs; more rows are split into
+  // hi + lo bf16 parts, one cuBLAS product of 2n rows, and the halves added (FoldKernel).
+  void Product(const float* x, int64_t n, int64_t ldx, const DeviceMatrix& w, int64_t col0,
+               int64_t k, float* y, int64_t ldy, bool accumulate) {
     const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-    const auto* a = static_cast<const unsigned char*>(w.ptr) + col0 * TypeSize();
-    // Column-major view: C[out, n] = A^T[out, k] B[k, n], A = W^T stored [cols, rows].
-    PONDER_CUBLAS_CHECK(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(w.rows),
-                                     static_cast<int>(n), static_cast<int>(k), &alpha, a, Type(),
-                                     static_cast<int>(w.cols), xs, Type(), static_cast<int>(k),
-                                     &beta, y, CUDA_R_32F, static_cast<int>(ldy),
-                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    const auto* wp = static_cast<const unsigned char*>(w.ptr) + col0 * TypeSize();
+    if (GemvFits(x, n, ldx, w, col0, k)) {
+      const auto* wb = reinterpret_cast<const __nv_bfloat16*>(wp);
+      switch (n) {
+        case 1:
+          LaunchGemv<1>(wb, w, k, x, ldx, y, ldy, accumulate);
+          break;
+        case 2:
+          LaunchGemv<2>(wb, w, k, x, ldx, y, ldy, accumulate);
+          break;
+        case 3:
+          LaunchGemv<3>(wb, w, k, x, ldx, y, ldy, accumulate);
+          break;
+        case 4:
+          LaunchGemv<4>(wb, w, k, x, ldx, y, ldy, accumulate);
+          break;
+        case 5:
+          LaunchGemv<5>(wb, w, k, x, ldx, y, ldy, accumulate);
+          break;
+        case 6:
+          LaunchGemv<6>(wb, w, k, x, ldx, y, ldy, accumulate);
+          break;
+        case 7:
+          LaunchGemv<7>(wb, w, k, x, ldx, y, ldy, accumulate);
+          break;
+        default:
+          LaunchGemv<8>(wb, w, k, x, ldx, y, ldy, accumulate);
+          break;
+      }
+      return;
+    }
+    // Column-major view: C[out, m] = A^T[out, k] B[k, m], A = W^T stored [cols, rows].
+    auto gemm = [&](const void* xs, int64_t m, cudaDataType type, float* out, int64_t ldo,
+                    const float* b) {
+      PONDER_CUBLAS_CHECK(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(w.rows),
+                                       static_cast<int>(m), static_cast<int>(k), &alpha, wp, type,
+                                       static_cast<int>(w.cols), xs, type, static_cast<int>(k), b,
+                                       out, CUDA_R_32F, static_cast<int>(ldo), CUBLAS_COMPUTE_32F,
+                                       CUBLAS_GEMM_DEFAULT));
+    };
+    if (!bf16) {
+      const float* xs = x;
+      if (ldx != k) {
+        float* c = reinterpret_cast<float*>(stage.Get(static_cast<size_t>(n * k) * 4));
+        CompactKernel<<<Blocks(n * k), kThreads, 0, stream>>>(x, n, k, ldx, c);
+        xs = c;
+      }
+      gemm(xs, n, CUDA_R_32F, y, ldy, &beta);
+      return;
+    }
+    auto* xs = reinterpret_cast<__nv_bfloat16*>(stage.Get(static_cast<size_t>(2 * n * k) * 2));
+    SplitBf16Kernel<<<Blocks(n * k), kThreads, 0, stream>>>(x, n, k, ldx, xs);
+    const float zero = 0.0f;
+    float* p = parts.Get(2 * n * w.rows);
+    gemm(xs, 2 * n, CUDA_R_16BF, p, w.rows, &zero);
+    FoldKernel<<<Blocks(n * w.rows), kThreads, 0, stream>>>(p, n, w.rows, y, ldy,
+                                                            accumulate ? 1 : 0);
   }
 
   void Lin(const float* x, int64_t n, int64_t ldx, const DeviceMatrix& w, float* y, int64_t ldy) {
-    Gemm(Stage(stage_a, x, n, w.cols, ldx), n, w.cols, w, 0, y, ldy, false);
+    Product(x, n, ldx, w, 0, w.cols, y, ldy, false);
   }
 
   // Row tables of one layer: where each new row writes its key and value, and which key and
@@ -528,32 +782,107 @@ struct CudaModel::Impl {
     return out;
   }
 
-  // One sandwich block on x [N, d] in place.
-  void RunBlock(int64_t n, const DeviceBlock& w, const Tables& tab, float* xd, float eps) {
+  // One sandwich block on x [N, d] in place. With `normed`, h already holds norm_1(x) (the
+  // previous block left it); with `next`, this block leaves next->norm_1 of its output in h.
+  void RunBlock(int64_t n, const DeviceBlock& w, const Tables& tab, float* xd, float eps,
+                bool normed, const DeviceBlock* next) {
     float* hb = h.Get(n * d);
     float* qkvb = qkv.Get(n * 3 * d);
     float* attnb = attn.Get(n * d);
     float* tmpb = tmp.Get(n * d);
     // x = norm_2(x + attn(norm_1(x)))
-    RmsNormKernel<<<n, kThreads, 0, stream>>>(xd, nullptr, w.norm_1, d, eps, hb);
+    if (!normed) {
+      RmsNormKernel<<<n, kRowThreads, 0, stream>>>(xd, nullptr, w.norm_1, d, eps, hb);
+      Mark("norm");
+    }
     Lin(hb, n, d, w.wqkv, qkvb, 3 * d);
-    RopeStoreKernel<<<n, kThreads, 0, stream>>>(qkvb, w.qk_bias, rope_cos, rope_sin, tab.positions,
-                                                tab.kdst, tab.vdst, d, hd);
-    const size_t smem = (kThreads / 32 + tab.max_visible) * sizeof(float);
-    AttentionKernel<<<dim3(n, heads), kThreads, smem, stream>>>(
+    Mark("qkv");
+    RopeStoreKernel<<<n, kRowThreads, 0, stream>>>(qkvb, w.qk_bias, rope_cos, rope_sin,
+                                                   tab.positions, tab.kdst, tab.vdst, d, hd);
+    Mark("rope");
+    AttentionKernel<<<dim3(n, heads), kThreads, AttentionSmem(hd, tab.max_visible), stream>>>(
         qkvb, tab.row_table, tab.row_visible, tab.kp, tab.vp, d, hd,
         1.0f / std::sqrt(static_cast<float>(hd)), attnb);
+    Mark("attention");
     Lin(attnb, n, d, w.attn_proj, tmpb, d);
-    RmsNormKernel<<<n, kThreads, 0, stream>>>(xd, tmpb, w.norm_2, d, eps, xd);
-    // x = norm_4(x + mlp(norm_3(x))), mlp = proj(silu(gate) * up)
-    RmsNormKernel<<<n, kThreads, 0, stream>>>(xd, nullptr, w.norm_3, d, eps, hb);
+    Mark("attn_proj");
+    // then norm_3 of it: x = norm_4(x + mlp(norm_3(x))), mlp = proj(silu(gate) * up)
+    RmsNorm2Kernel<<<n, kRowThreads, 0, stream>>>(xd, tmpb, w.norm_2, w.norm_3, d, eps, hb);
+    Mark("norm");
     float* fb = ffn.Get(n * 2 * ffn_dim);
     float* gb = gate.Get(n * ffn_dim);
     Lin(hb, n, d, w.mlp_fc, fb, 2 * ffn_dim);
+    Mark("mlp_fc");
     SiluGateKernel<<<Blocks(n * ffn_dim), kThreads, 0, stream>>>(fb, n, ffn_dim, gb);
+    Mark("silu");
     Lin(gb, n, ffn_dim, w.mlp_proj, tmpb, d);
-    RmsNormKernel<<<n, kThreads, 0, stream>>>(xd, tmpb, w.norm_4, d, eps, xd);
+    Mark("mlp_proj");
+    if (next != nullptr) {
+      RmsNorm2Kernel<<<n, kRowThreads, 0, stream>>>(xd, tmpb, w.norm_4, next->norm_1, d, eps, hb);
+    } else {
+      RmsNormKernel<<<n, kRowThreads, 0, stream>>>(xd, tmpb, w.norm_4, d, eps, xd);
+    }
+    Mark("norm");
     PONDER_CUDA_CHECK(cudaGetLastError());
+  }
+
+  // The blocks in order on x [N, d] in place, with their uploaded tables.
+  void RunBlocks(int64_t n, const std::vector<DeviceBlock>& blocks,
+                 const std::vector<TableOffsets>& tables, float* xd, float eps) {
+    for (size_t l = 0; l < blocks.size(); ++l) {
+      RunBlock(n, blocks[l], Resolve(tables[l]), xd, eps, l > 0,
+               l + 1 < blocks.size() ? &blocks[l + 1] : nullptr);
+    }
+  }
+
+  // Timing of CoreStep's kernels (set_profile): an event after each stage; the time between
+  // consecutive events is credited to the later one's stage.
+  bool profile = false, profiling = false;
+  std::vector<cudaEvent_t> events;
+  std::vector<const char*> event_names;
+  size_t events_used = 0;
+  cudaEvent_t last_end = nullptr;  // the end of the previous profiled CoreStep
+  std::vector<std::pair<std::string, double>> profile_ms;
+  int64_t profile_steps = 0;
+
+  void Mark(const char* what) {
+    if (!profiling) return;
+    if (events_used == events.size()) {
+      events.emplace_back();
+      event_names.emplace_back();
+      PONDER_CUDA_CHECK(cudaEventCreate(&events.back()));
+    }
+    event_names[events_used] = what;
+    PONDER_CUDA_CHECK(cudaEventRecord(events[events_used++], stream));
+  }
+
+  void Credit(const std::string& what, double ms) {
+    for (auto& [name, total] : profile_ms) {
+      if (name == what) {
+        total += ms;
+        return;
+      }
+    }
+    profile_ms.emplace_back(what, ms);
+  }
+
+  // After the stream is synchronised: credits this CoreStep's stages.
+  void CollectProfile() {
+    if (!profiling) return;
+    float ms = 0.0f;
+    if (last_end != nullptr && events_used > 0) {
+      PONDER_CUDA_CHECK(cudaEventElapsedTime(&ms, last_end, events[0]));
+      Credit("(device idle between core steps)", ms);
+    }
+    for (size_t i = 1; i < events_used; ++i) {
+      PONDER_CUDA_CHECK(cudaEventElapsedTime(&ms, events[i - 1], events[i]));
+      Credit(event_names[i], ms);
+    }
+    if (last_end == nullptr) PONDER_CUDA_CHECK(cudaEventCreate(&last_end));
+    if (events_used > 0) PONDER_CUDA_CHECK(cudaEventRecord(last_end, stream));
+    ++profile_steps;
+    events_used = 0;
+    profiling = false;
   }
 };
 
@@ -606,7 +935,7 @@ Result<std::unique_ptr<Backend>> CudaModel::Create(const model::Config& config,
   im.info.sm_minor = prop.minor;
   im.info.memory_bytes = prop.totalGlobalMem;
   im.attn_smem_limit = prop.sharedMemPerBlockOptin;
-  const size_t need = (kThreads / 32 + config.block_size) * sizeof(float);
+  const size_t need = AttentionSmem(config.head_dim, config.block_size);
   if (need > 48 * 1024) {
     if (need > im.attn_smem_limit) {
       return InvalidArgument("backend cuda: block_size " + std::to_string(config.block_size) +
@@ -690,6 +1019,7 @@ Status CudaModel::Prelude(std::span<const Chunk> chunks, std::span<const int32_t
   PONDER_CUDA_CHECK(
       cudaMemcpyAsync(tok, tokens.data(), n * sizeof(int32_t), cudaMemcpyHostToDevice, im.stream));
   float* ed = im.e.Get(n * im.d);
+  im.e_valid = false;  // CoreStep's embeddings are overwritten
   const auto scale = static_cast<float>(config_.embed_scale);
   if (im.bf16) {
     EmbedKernel<<<n, kThreads, 0, im.stream>>>(tok, static_cast<const __nv_bfloat16*>(im.wte.ptr),
@@ -702,10 +1032,7 @@ Status CudaModel::Prelude(std::span<const Chunk> chunks, std::span<const int32_t
   const auto tables = im.LayerTables(chunks, im.prelude.size(), nullptr, [&](size_t b, int64_t l) {
     return &chunks[b].cache->Prelude(l);
   });
-  const auto eps = static_cast<float>(config_.norm_eps);
-  for (size_t l = 0; l < im.prelude.size(); ++l) {
-    im.RunBlock(n, im.prelude[l], im.Resolve(tables[l]), ed, eps);
-  }
+  im.RunBlocks(n, im.prelude, tables, ed, static_cast<float>(config_.norm_eps));
   PONDER_CUDA_CHECK(
       cudaMemcpyAsync(e, ed, n * im.d * sizeof(float), cudaMemcpyDeviceToHost, im.stream));
   PONDER_CUDA_CHECK(cudaStreamSynchronize(im.stream));
@@ -718,26 +1045,45 @@ void CudaModel::CoreStep(std::span<const Chunk> chunks, std::span<const int64_t>
   PONDER_CUDA_CHECK(cudaSetDevice(im.info.ordinal));
   const int64_t n = TotalRows(chunks);
   const int64_t d = im.d;
-  float* ed = im.e.Get(n * d);
-  float* sd = im.s.Get(n * d);
-  float* xd = im.x.Get(n * d);
-  PONDER_CUDA_CHECK(
-      cudaMemcpyAsync(ed, e, n * d * sizeof(float), cudaMemcpyHostToDevice, im.stream));
-  PONDER_CUDA_CHECK(
-      cudaMemcpyAsync(sd, s, n * d * sizeof(float), cudaMemcpyHostToDevice, im.stream));
+  const size_t count = static_cast<size_t>(n * d), bytes = count * sizeof(float);
+  im.profiling = im.profile;
+  im.Mark("start");
+  // Inputs already on the device (the same bytes) are not sent again: the state a previous
+  // CoreStep returned, and the embeddings of the token being iterated.
+  float* ed = im.e.Get(count);
+  if (!im.e_valid || im.e_host.size() != count || std::memcmp(im.e_host.data(), e, bytes) != 0) {
+    PONDER_CUDA_CHECK(cudaMemcpyAsync(ed, e, bytes, cudaMemcpyHostToDevice, im.stream));
+    im.e_host.assign(e, e + count);
+    im.e_valid = true;
+  }
+  int in = 0;
+  if (im.resident >= 0 && im.resident_host.size() == count &&
+      std::memcmp(im.resident_host.data(), s, bytes) == 0) {
+    in = im.resident;
+  } else {
+    PONDER_CUDA_CHECK(
+        cudaMemcpyAsync(im.state[in].Get(count), s, bytes, cudaMemcpyHostToDevice, im.stream));
+  }
+  const float* sd = im.state[in].ptr;
+  float* xd = im.state[1 - in].Get(count);
+  im.Mark("upload");
   // Adapter on [s, e] without the concatenation: two products into the same output.
-  im.Gemm(im.Stage(im.stage_a, sd, n, d, d), n, d, im.adapter, 0, xd, d, false);
-  im.Gemm(im.Stage(im.stage_b, ed, n, d, d), n, d, im.adapter, d, xd, d, true);
+  im.Product(sd, n, d, im.adapter, 0, d, xd, d, false);
+  im.Product(ed, n, d, im.adapter, d, d, xd, d, true);
+  im.Mark("adapter");
   const auto tables =
       im.LayerTables(chunks, im.core.size(), iterations.data(),
                      [&](size_t b, int64_t l) { return &chunks[b].cache->Core(iterations[b], l); });
-  const auto eps = static_cast<float>(config_.norm_eps);
-  for (size_t l = 0; l < im.core.size(); ++l) {
-    im.RunBlock(n, im.core[l], im.Resolve(tables[l]), xd, eps);
-  }
-  PONDER_CUDA_CHECK(
-      cudaMemcpyAsync(s, xd, n * d * sizeof(float), cudaMemcpyDeviceToHost, im.stream));
+  im.Mark("tables");
+  im.RunBlocks(n, im.core, tables, xd, static_cast<float>(config_.norm_eps));
+  auto* out = static_cast<float*>(im.state_out.Get(bytes));
+  PONDER_CUDA_CHECK(cudaMemcpyAsync(out, xd, bytes, cudaMemcpyDeviceToHost, im.stream));
+  im.Mark("download");
   PONDER_CUDA_CHECK(cudaStreamSynchronize(im.stream));
+  im.CollectProfile();
+  std::memcpy(s, out, bytes);
+  im.resident = 1 - in;
+  im.resident_host.assign(out, out + count);
   for (size_t b = 0; b < chunks.size(); ++b) {
     chunks[b].cache->SetDepth(chunks[b].pos, chunks[b].count, iterations[b]);
   }
@@ -749,17 +1095,22 @@ void CudaModel::Coda(std::span<const Chunk> chunks, const float* s, bool last_on
   const int64_t n = TotalRows(chunks);
   const int64_t d = im.d;
   const auto eps = static_cast<float>(config_.norm_eps);
-  float* sd = im.s.Get(n * d);
-  float* xd = im.x.Get(n * d);
-  PONDER_CUDA_CHECK(
-      cudaMemcpyAsync(sd, s, n * d * sizeof(float), cudaMemcpyHostToDevice, im.stream));
-  RmsNormKernel<<<n, kThreads, 0, im.stream>>>(sd, nullptr, im.ln_f, d, eps, xd);
+  const size_t count = static_cast<size_t>(n * d), bytes = count * sizeof(float);
+  // The state CoreStep just returned is read where it is (and left as it is).
+  float* sd = nullptr;
+  if (im.resident >= 0 && im.resident_host.size() == count &&
+      std::memcmp(im.resident_host.data(), s, bytes) == 0) {
+    sd = im.state[im.resident].ptr;
+  } else {
+    sd = im.s.Get(count);
+    PONDER_CUDA_CHECK(cudaMemcpyAsync(sd, s, bytes, cudaMemcpyHostToDevice, im.stream));
+  }
+  float* xd = im.x.Get(count);
+  RmsNormKernel<<<n, kRowThreads, 0, im.stream>>>(sd, nullptr, im.ln_f, d, eps, xd);
   const auto tables = im.LayerTables(chunks, im.coda.size(), nullptr, [&](size_t b, int64_t l) {
     return &chunks[b].cache->Coda(l);
   });
-  for (size_t l = 0; l < im.coda.size(); ++l) {
-    im.RunBlock(n, im.coda[l], im.Resolve(tables[l]), xd, eps);
-  }
+  im.RunBlocks(n, im.coda, tables, xd, eps);
   for (const Chunk& c : chunks) c.cache->set_tokens(std::max(c.cache->tokens(), c.pos + c.count));
   if (logits == nullptr) {
     PONDER_CUDA_CHECK(cudaStreamSynchronize(im.stream));
@@ -783,14 +1134,74 @@ void CudaModel::Coda(std::span<const Chunk> chunks, const float* s, bool last_on
     src = lastd;  // (a copy from pageable memory has read `last` when it returns)
   }
   float* hd = im.h.Get(rows * d);
-  RmsNormKernel<<<rows, kThreads, 0, im.stream>>>(const_cast<float*>(src), nullptr, im.ln_f, d, eps,
-                                                  hd);
+  RmsNormKernel<<<rows, kRowThreads, 0, im.stream>>>(const_cast<float*>(src), nullptr, im.ln_f, d,
+                                                     eps, hd);
   float* ld = im.logits.Get(rows * im.vocab);
   im.Lin(hd, rows, d, im.lm_head, ld, im.vocab);
   PONDER_CUDA_CHECK(cudaGetLastError());
   PONDER_CUDA_CHECK(cudaMemcpyAsync(logits, ld, rows * im.vocab * sizeof(float),
                                     cudaMemcpyDeviceToHost, im.stream));
   PONDER_CUDA_CHECK(cudaStreamSynchronize(im.stream));
+}
+
+void CudaModel::set_profile(bool on) { impl_->profile = on; }
+
+std::vector<std::pair<std::string, double>> CudaModel::TakeProfile(int64_t* steps) {
+  Impl& im = *impl_;
+  if (steps != nullptr) *steps = im.profile_steps;
+  auto out = std::move(im.profile_ms);
+  im.profile_ms.clear();
+  im.profile_steps = 0;
+  if (im.last_end != nullptr) {
+    PONDER_CUDA_CHECK(cudaEventDestroy(im.last_end));
+    im.last_end = nullptr;
+  }
+  return out;
+}
+
+void CudaModel::set_gemv(int64_t max_rows, int block_rows) {
+  impl_->gemv_max_rows = std::clamp<int64_t>(max_rows, 0, kGemvMaxN);
+  impl_->gemv_block_rows = block_rows == 8 ? 8 : 4;
+}
+
+Result<double> CudaModel::TimeCoreProducts(int64_t rows, int repeats) {
+  Impl& im = *impl_;
+  PONDER_CUDA_CHECK(cudaSetDevice(im.info.ordinal));
+  if (rows < 1) return InvalidArgument("TimeCoreProducts: rows must be >= 1");
+  const int64_t d = im.d, f = im.ffn_dim;
+  float* in = im.h.Get(rows * std::max(d, f));
+  float* out = im.ffn.Get(rows * std::max(3 * d, 2 * f));
+  PatternKernel<<<Blocks(rows * std::max(d, f)), kThreads, 0, im.stream>>>(in,
+                                                                           rows * std::max(d, f));
+  auto iteration = [&] {
+    im.Product(in, rows, d, im.adapter, 0, d, out, d, false);
+    im.Product(in, rows, d, im.adapter, d, d, out, d, true);
+    for (const DeviceBlock& b : im.core) {
+      im.Lin(in, rows, d, b.wqkv, out, 3 * d);
+      im.Lin(in, rows, d, b.attn_proj, out, d);
+      im.Lin(in, rows, d, b.mlp_fc, out, 2 * f);
+      im.Lin(in, rows, f, b.mlp_proj, out, d);
+    }
+  };
+  cudaEvent_t t0, t1;
+  PONDER_CUDA_CHECK(cudaEventCreate(&t0));
+  PONDER_CUDA_CHECK(cudaEventCreate(&t1));
+  iteration();  // warm-up (cuBLAS heuristics, scratch growth)
+  std::vector<double> ms;
+  for (int i = 0; i < std::max(1, repeats); ++i) {
+    PONDER_CUDA_CHECK(cudaEventRecord(t0, im.stream));
+    iteration();
+    PONDER_CUDA_CHECK(cudaEventRecord(t1, im.stream));
+    PONDER_CUDA_CHECK(cudaEventSynchronize(t1));
+    float t = 0.0f;
+    PONDER_CUDA_CHECK(cudaEventElapsedTime(&t, t0, t1));
+    ms.push_back(t);
+  }
+  PONDER_CUDA_CHECK(cudaGetLastError());
+  cudaEventDestroy(t0);
+  cudaEventDestroy(t1);
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
 }
 
 Result<double> MeasureCopyBandwidth(int device, uint64_t bytes, int repeats) {

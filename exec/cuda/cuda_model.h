@@ -1,18 +1,23 @@
 #pragma once
 
-// The Huginn forward pass on an NVIDIA GPU: the Backend contract with cuBLAS for the
-// matrix products (bf16 or f32 weights, f32 accumulation) and own kernels for the
-// embedding, RMSNorm, qk bias + RoPE, attention over the paged KV cache (pages in device
-// memory), the gated MLP activation and the residual adds. Built only when CUDA is found
+// The Huginn forward pass on an NVIDIA GPU: the Backend contract with bf16 (or f32)
+// weights, f32 activations and f32 accumulation. Matrix products of a few rows run in the
+// backend's own kernel, larger ones in cuBLAS (inputs as two bf16 parts); own kernels for
+// the embedding, RMSNorm, qk bias + RoPE, attention over the paged KV cache (pages in device
+// memory), the gated MLP activation and the residual adds. bench/gpu/README.md has the
+// design and the measurements. Built only when CUDA is found
 // (CMake option PONDER_CUDA); no CUDA type appears in this header.
 //
-// Activations cross the contract as host rows (exec/backend.h): each call uploads its
-// inputs and downloads its outputs, d floats per row. Keys and values never leave the
-// device.
+// Activations cross the contract as host rows (exec/backend.h): each call downloads its
+// outputs, d floats per row, and uploads inputs the device does not already hold (the core
+// state a CoreStep returned and the embeddings being iterated stay where they are). Keys and
+// values never leave the device.
 
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "exec/backend.h"
 
@@ -51,6 +56,22 @@ class CudaModel : public Backend {
   uint64_t device_weight_bytes() const;
   // Waits for the device to finish the work queued so far.
   void Synchronize();
+  // Products of at most `max_rows` input rows (8 at most; default kGemvDefaultRows) with bf16
+  // weights run in the backend's own kernel, whose f32 inputs are not rounded; the others, and all
+  // with f32 weights, in cuBLAS. 0 sends every product to cuBLAS. `block_rows` (4 or 8) is
+  // the output rows each block of that kernel computes.
+  void set_gemv(int64_t max_rows, int block_rows = 4);
+  // Up to 3 rows the backend's kernel is faster than cuBLAS on an H200, from 4 slower
+  // (bench/gpu/README.md).
+  static constexpr int64_t kGemvDefaultRows = 3;
+  // Device time of CoreStep by stage (set_profile(true): an event after each kernel, which
+  // slows the steps a little). TakeProfile returns the milliseconds per stage summed since
+  // the last call, in first-seen order, with the number of CoreSteps in `steps`, and resets.
+  void set_profile(bool on);
+  std::vector<std::pair<std::string, double>> TakeProfile(int64_t* steps);
+  // Milliseconds of one core iteration's matrix products alone (the adapter and each core
+  // layer's four) for `rows` input rows, the median of `repeats` timed with device events.
+  [[nodiscard]] Result<double> TimeCoreProducts(int64_t rows, int repeats);
 
  private:
   CudaModel(const model::Config& config, const model::Weights& weights);
