@@ -167,12 +167,14 @@ int main(int argc, char** argv) {
   std::string json = "{\"device\": \"" + gpu->device().name +
                      "\", \"copy_bandwidth_gbs\": " + std::to_string(*bw / 1e9) + ", \"rows\": [";
   bool first = true;
-  // default: products of up to 3 rows in the backend's kernel, more in cuBLAS; cublas: all
-  // in cuBLAS (inputs split into two bf16 parts).
-  for (const std::string path : {"default", "cublas"}) {
+  // default: products of up to 3 rows in the backend's kernel (with CUDA graphs of the
+  // core step), more in cuBLAS; nograph: the same without graphs; cublas: every product in
+  // cuBLAS (inputs split into two bf16 parts).
+  for (const std::string path : {"default", "nograph", "cublas"}) {
+    gpu->set_graphs(path == "default");
     if (path == "cublas") gpu->set_gemv(0);
     for (int64_t batch : Ints(batches)) {
-      if (path == "cublas" && batch > 2) continue;  // the same products as the default
+      if (path != "default" && batch > 3) continue;  // the same as the default
       for (int64_t r : Ints(depths)) {
         const double step_s = decode(batch, r);
         const double bytes = static_cast<double>(fixed + r * per_iteration);
@@ -191,8 +193,10 @@ int main(int argc, char** argv) {
     }
     gpu->set_gemv(exec::cuda::CudaModel::kGemvDefaultRows);
   }
+  gpu->set_graphs(true);
 
-  // Where a core step's time goes (device time per CoreStep, by stage), at r = 32.
+  // Where a core step's time goes (device time per CoreStep, by stage, without graphs: an
+  // event after each kernel), at r = 32.
   for (int64_t batch : {1, 8}) {
     gpu->set_profile(true);
     decode(batch, 32);

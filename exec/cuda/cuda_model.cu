@@ -192,17 +192,19 @@ constexpr int64_t kGemvMaxN = 8;
 
 // Decode products of a few rows with bf16 weights and f32 inputs (no rounding of the
 // inputs): y[n, o] (row stride ldy) = sum_j x[n, j] W[o, j] (+ y when accumulate) for
-// N rows of x. Bound by reading W once: each block owns R output rows and its
-// threads stride over k together, 16 bytes of each row per load (streamed past L1); x is
-// read once per block (R output rows per block: more rows read x less often, fewer rows
-// need fewer registers and give more blocks). Partial sums are reduced in a fixed order (warp
-// shuffles, then the warps in index order), so a row's result does not depend on N or on the
-// launch. Needs k, ldw % 8 == 0, ldx % 4 == 0, and W and x 16-byte aligned (Gemv checks).
+// N rows of x. Bound by reading W once: each block owns R output rows and its threads
+// stride over k together, 16 bytes of each row per load (streamed past L1); x is read once
+// per block (more output rows per block read x less often, fewer need fewer registers and
+// give more blocks). Partial sums are reduced in a fixed order (warp shuffles, then the
+// warps in index order), so a row's result does not depend on N, R or the launch.
+// Columns from k1 on read their inputs from x2 (the adapter's [s, e] without the
+// concatenation; x2 = null and k1 = k otherwise).
+// Needs k, k1, ldw % 8 == 0, ldx % 4 == 0, and W, x, x2 16-byte aligned (GemvFits).
 template <int N, int R>
 __global__ void __launch_bounds__(kThreads)
     GemvKernel(const __nv_bfloat16* __restrict__ w, int64_t ldw, int64_t rows, int64_t k,
-               const float* __restrict__ x, int64_t ldx, float* __restrict__ y, int64_t ldy,
-               int accumulate) {
+               const float* __restrict__ x, int64_t ldx, const float* __restrict__ x2, int64_t k1,
+               float* __restrict__ y, int64_t ldy, int accumulate) {
   __shared__ float part[kThreads / 32][R * N];
   const int64_t o0 = static_cast<int64_t>(blockIdx.x) * R;
   float acc[R][N];
@@ -218,10 +220,11 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t o = o0 + i < rows ? o0 + i : rows - 1;
       wv[i] = __ldcs(reinterpret_cast<const uint4*>(w + o * ldw + j));
     }
+    const float* xs = j < k1 ? x + j : x2 + (j - k1);
 #pragma unroll
     for (int n = 0; n < N; ++n) {
-      const float4 a = __ldg(reinterpret_cast<const float4*>(x + n * ldx + j));
-      const float4 b = __ldg(reinterpret_cast<const float4*>(x + n * ldx + j + 4));
+      const float4 a = __ldg(reinterpret_cast<const float4*>(xs + n * ldx));
+      const float4 b = __ldg(reinterpret_cast<const float4*>(xs + n * ldx + 4));
 #pragma unroll
       for (int i = 0; i < R; ++i) acc[i][n] = Dot8(wv[i], a, b, acc[i][n]);
     }
@@ -494,15 +497,17 @@ struct CudaModel::Impl {
   DeviceBuffer<int32_t> tokens;
   DeviceBuffer<unsigned char> table;  // per-call row tables (positions, KV row pointers)
   unsigned char* table_dev = nullptr;
+  size_t table_bytes = 0;
   std::vector<unsigned char> host_table;
   void* pinned = nullptr;
   size_t pinned_size = 0;
-  int64_t d = 0, heads = 0, hd = 0, ffn_dim = 0, vocab = 0;
+  int64_t d = 0, heads = 0, hd = 0, ffn_dim = 0, vocab = 0, block_size = 0;
   size_t attn_smem_limit = 48 * 1024;
 
   ~Impl() {
     if (info.ordinal >= 0) cudaSetDevice(info.ordinal);
     for (cudaEvent_t ev : events) cudaEventDestroy(ev);
+    for (const auto& [key, exec] : graph_cache) cudaGraphExecDestroy(exec);
     if (last_end != nullptr) cudaEventDestroy(last_end);
     for (void* p : allocations) cudaFree(p);
     if (pinned != nullptr) cudaFreeHost(pinned);
@@ -575,21 +580,53 @@ struct CudaModel::Impl {
                 int64_t k) const {
     if (!bf16) return false;
     const auto* wp = static_cast<const __nv_bfloat16*>(w.ptr) + col0;
-    return n >= 1 && n <= gemv_max_rows && n <= kGemvMaxN && k % 8 == 0 &&
-           w.cols % 8 == 0 && ldx % 4 == 0 && reinterpret_cast<uintptr_t>(wp) % 16 == 0 &&
+    return n >= 1 && n <= gemv_max_rows && n <= kGemvMaxN && k % 8 == 0 && w.cols % 8 == 0 &&
+           ldx % 4 == 0 && reinterpret_cast<uintptr_t>(wp) % 16 == 0 &&
            reinterpret_cast<uintptr_t>(x) % 16 == 0;
   }
 
+  // Every product of a core step of n rows runs in GemvKernel (scratch buffers come from
+  // cudaMalloc, aligned for it).
+  bool AllGemv(int64_t n) const {
+    return bf16 && n >= 1 && n <= gemv_max_rows && n <= kGemvMaxN && d % 8 == 0 && ffn_dim % 8 == 0;
+  }
+
   template <int N>
-  void LaunchGemv(const __nv_bfloat16* wp, const DeviceMatrix& w, int64_t k, const float* x,
-                  int64_t ldx, float* y, int64_t ldy, bool accumulate) {
+  void LaunchGemv(const __nv_bfloat16* wp, int64_t ldw, int64_t rows, int64_t k, const float* x,
+                  int64_t ldx, const float* x2, int64_t k1, float* y, int64_t ldy,
+                  bool accumulate) {
     const int acc = accumulate ? 1 : 0;
     if (gemv_block_rows == 4) {
-      const auto blocks = static_cast<unsigned>((w.rows + 3) / 4);
-      GemvKernel<N, 4><<<blocks, kThreads, 0, stream>>>(wp, w.cols, w.rows, k, x, ldx, y, ldy, acc);
+      const auto blocks = static_cast<unsigned>((rows + 3) / 4);
+      GemvKernel<N, 4>
+          <<<blocks, kThreads, 0, stream>>>(wp, ldw, rows, k, x, ldx, x2, k1, y, ldy, acc);
     } else {
-      const auto blocks = static_cast<unsigned>((w.rows + 7) / 8);
-      GemvKernel<N, 8><<<blocks, kThreads, 0, stream>>>(wp, w.cols, w.rows, k, x, ldx, y, ldy, acc);
+      const auto blocks = static_cast<unsigned>((rows + 7) / 8);
+      GemvKernel<N, 8>
+          <<<blocks, kThreads, 0, stream>>>(wp, ldw, rows, k, x, ldx, x2, k1, y, ldy, acc);
+    }
+  }
+
+  // GemvKernel for n (<= kGemvMaxN) rows: `rows` outputs over k columns of W from col0,
+  // columns from k1 on read from x2.
+  void Gemv(int64_t n, const DeviceMatrix& w, int64_t col0, int64_t rows, int64_t k, const float* x,
+            int64_t ldx, const float* x2, int64_t k1, float* y, int64_t ldy, bool accumulate) {
+    const auto* wp = static_cast<const __nv_bfloat16*>(w.ptr) + col0;
+    switch (n) {
+#define PONDER_GEMV_CASE(N) \
+  case N:                   \
+    return LaunchGemv<N>(wp, w.cols, rows, k, x, ldx, x2, k1, y, ldy, accumulate);
+      PONDER_GEMV_CASE(1)
+      PONDER_GEMV_CASE(2)
+      PONDER_GEMV_CASE(3)
+      PONDER_GEMV_CASE(4)
+      PONDER_GEMV_CASE(5)
+      PONDER_GEMV_CASE(6)
+      PONDER_GEMV_CASE(7)
+      PONDER_GEMV_CASE(8)
+#undef PONDER_GEMV_CASE
+      default:
+        Die("Gemv", "more rows than kGemvMaxN", __FILE__, __LINE__);
     }
   }
 
@@ -602,33 +639,7 @@ struct CudaModel::Impl {
     const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
     const auto* wp = static_cast<const unsigned char*>(w.ptr) + col0 * TypeSize();
     if (GemvFits(x, n, ldx, w, col0, k)) {
-      const auto* wb = reinterpret_cast<const __nv_bfloat16*>(wp);
-      switch (n) {
-        case 1:
-          LaunchGemv<1>(wb, w, k, x, ldx, y, ldy, accumulate);
-          break;
-        case 2:
-          LaunchGemv<2>(wb, w, k, x, ldx, y, ldy, accumulate);
-          break;
-        case 3:
-          LaunchGemv<3>(wb, w, k, x, ldx, y, ldy, accumulate);
-          break;
-        case 4:
-          LaunchGemv<4>(wb, w, k, x, ldx, y, ldy, accumulate);
-          break;
-        case 5:
-          LaunchGemv<5>(wb, w, k, x, ldx, y, ldy, accumulate);
-          break;
-        case 6:
-          LaunchGemv<6>(wb, w, k, x, ldx, y, ldy, accumulate);
-          break;
-        case 7:
-          LaunchGemv<7>(wb, w, k, x, ldx, y, ldy, accumulate);
-          break;
-        default:
-          LaunchGemv<8>(wb, w, k, x, ldx, y, ldy, accumulate);
-          break;
-      }
+      Gemv(n, w, col0, w.rows, k, x, ldx, nullptr, k, y, ldy, accumulate);
       return;
     }
     // Column-major view: C[out, m] = A^T[out, k] B[k, m], A = W^T stored [cols, rows].
@@ -657,6 +668,28 @@ struct CudaModel::Impl {
     gemm(xs, 2 * n, CUDA_R_16BF, p, w.rows, &zero);
     FoldKernel<<<Blocks(n * w.rows), kThreads, 0, stream>>>(p, n, w.rows, y, ldy,
                                                             accumulate ? 1 : 0);
+  }
+
+  // xd [n, d] = adapter . [s, e] without the concatenation: one GemvKernel over both
+  // halves, or two products into the same output.
+  void Adapter(const float* sd, const float* ed, int64_t n, float* xd) {
+    if (GemvFits(sd, n, d, adapter, 0, 2 * d) && GemvFits(ed, n, d, adapter, 0, d)) {
+      Gemv(n, adapter, 0, d, 2 * d, sd, d, ed, d, xd, d, false);
+    } else {
+      Product(sd, n, d, adapter, 0, d, xd, d, false);
+      Product(ed, n, d, adapter, d, d, xd, d, true);
+    }
+  }
+
+  // gb [n, ffn] = silu(gate) * up of the MLP's first product on hb [n, d]. (The activation
+  // in GemvKernel's epilogue, each block reading gate and up rows, made the product 30%
+  // slower on an H200: bench/gpu/README.md.)
+  void MlpIn(const float* hb, int64_t n, const DeviceBlock& w, float* gb) {
+    float* fb = ffn.Get(n * 2 * ffn_dim);
+    Lin(hb, n, d, w.mlp_fc, fb, 2 * ffn_dim);
+    Mark("mlp_fc");
+    SiluGateKernel<<<Blocks(n * ffn_dim), kThreads, 0, stream>>>(fb, n, ffn_dim, gb);
+    Mark("silu");
   }
 
   void Lin(const float* x, int64_t n, int64_t ldx, const DeviceMatrix& w, float* y, int64_t ldy) {
@@ -698,9 +731,13 @@ struct CudaModel::Impl {
     o.vdst = o.kdst + n * 8;
     o.row_table = o.vdst + n * 8;
     o.row_visible = align(o.row_table + n * 4);
+    // Context pointers and the attention's shared memory are sized for the context rounded
+    // up to 64 positions, so a decode step's tables keep their layout for 64 tokens (the key
+    // of its CUDA graph, RunGraph).
+    const int64_t t_cap = (t_total + 63) / 64 * 64;
     o.kp = align(o.row_visible + n * 4);
-    o.vp = o.kp + t_total * 8;
-    host_table.resize(o.vp + t_total * 8);
+    o.vp = o.kp + t_cap * 8;
+    host_table.resize(o.vp + t_cap * 8);
     unsigned char* base = host_table.data();
     auto* positions = reinterpret_cast<int32_t*>(base + o.positions);
     auto* kdst = reinterpret_cast<float**>(base + o.kdst);
@@ -731,16 +768,16 @@ struct CudaModel::Impl {
         rt[row] = static_cast<int32_t>(t);
         rv[row] = static_cast<int32_t>(c.pos + i + 1);
       }
-      o.max_visible = std::max(o.max_visible, ctx);
+      o.max_visible = std::max(o.max_visible, std::min((ctx + 63) / 64 * 64, block_size));
       t += ctx;
     }
     return o;
   }
 
-  // Copies the appended tables to the device (through pinned memory, asynchronously: the
-  // phase synchronises before the next one rewrites the pinned buffer) and empties
-  // `host_table`.
-  void UploadTables() {
+  // Copies the appended tables to pinned memory and, with `copy`, on to the device
+  // (asynchronously: the phase synchronises before the next one rewrites the pinned buffer;
+  // without `copy` the caller issues CopyTables), and empties `host_table`.
+  void UploadTables(bool copy) {
     const size_t bytes = host_table.size();
     if (bytes > pinned_size) {
       if (pinned != nullptr) {
@@ -752,8 +789,14 @@ struct CudaModel::Impl {
     }
     std::memcpy(pinned, host_table.data(), bytes);
     table_dev = table.Get(bytes);
-    PONDER_CUDA_CHECK(cudaMemcpyAsync(table_dev, pinned, bytes, cudaMemcpyHostToDevice, stream));
+    table_bytes = bytes;
+    if (copy) CopyTables();
     host_table.clear();
+  }
+
+  void CopyTables() {
+    PONDER_CUDA_CHECK(
+        cudaMemcpyAsync(table_dev, pinned, table_bytes, cudaMemcpyHostToDevice, stream));
   }
 
   Tables Resolve(const TableOffsets& o) const {
@@ -771,14 +814,15 @@ struct CudaModel::Impl {
   // The tables of every layer of `blocks` (slots chosen by `slot_of(b, layer)`), uploaded.
   template <typename SlotOf>
   std::vector<TableOffsets> LayerTables(std::span<const Chunk> chunks, size_t layers,
-                                        const int64_t* iterations, SlotOf slot_of) {
+                                        const int64_t* iterations, SlotOf slot_of,
+                                        bool copy = true) {
     std::vector<TableOffsets> out;
     std::vector<KvSlot*> slots(chunks.size());
     for (size_t l = 0; l < layers; ++l) {
       for (size_t b = 0; b < chunks.size(); ++b) slots[b] = slot_of(b, static_cast<int64_t>(l));
       out.push_back(AppendTables(chunks, slots, iterations, static_cast<int64_t>(l)));
     }
-    UploadTables();
+    UploadTables(copy);
     return out;
   }
 
@@ -809,12 +853,8 @@ struct CudaModel::Impl {
     // then norm_3 of it: x = norm_4(x + mlp(norm_3(x))), mlp = proj(silu(gate) * up)
     RmsNorm2Kernel<<<n, kRowThreads, 0, stream>>>(xd, tmpb, w.norm_2, w.norm_3, d, eps, hb);
     Mark("norm");
-    float* fb = ffn.Get(n * 2 * ffn_dim);
     float* gb = gate.Get(n * ffn_dim);
-    Lin(hb, n, d, w.mlp_fc, fb, 2 * ffn_dim);
-    Mark("mlp_fc");
-    SiluGateKernel<<<Blocks(n * ffn_dim), kThreads, 0, stream>>>(fb, n, ffn_dim, gb);
-    Mark("silu");
+    MlpIn(hb, n, w, gb);
     Lin(gb, n, ffn_dim, w.mlp_proj, tmpb, d);
     Mark("mlp_proj");
     if (next != nullptr) {
@@ -883,6 +923,55 @@ struct CudaModel::Impl {
     ++profile_steps;
     events_used = 0;
     profiling = false;
+  }
+
+  // CUDA graphs of decode core steps (every product in GemvKernel): one per key, the
+  // launch's shape and every buffer it touches. A key seen the second time is captured
+  // (by then every scratch buffer has its size: nothing is allocated during the capture);
+  // later steps with that key replay it, about 35 launches as one. A failed capture turns
+  // graphs off for this model and the step runs as plain launches.
+  using GraphKey = std::vector<uintptr_t>;
+  bool graphs = true;
+  std::vector<std::pair<GraphKey, cudaGraphExec_t>> graph_cache;
+  std::vector<GraphKey> graph_seen;
+  static constexpr size_t kGraphCacheSize = 16;
+
+  template <typename Enqueue>
+  void RunGraph(const GraphKey& key, Enqueue enqueue) {
+    for (const auto& [k, exec] : graph_cache) {
+      if (k == key) {
+        PONDER_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+        return;
+      }
+    }
+    if (std::find(graph_seen.begin(), graph_seen.end(), key) == graph_seen.end()) {
+      if (graph_seen.size() == kGraphCacheSize) graph_seen.erase(graph_seen.begin());
+      graph_seen.push_back(key);
+      enqueue();
+      return;
+    }
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    cudaError_t err = cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal);
+    if (err == cudaSuccess) {
+      enqueue();
+      err = cudaStreamEndCapture(stream, &graph);
+    }
+    if (err == cudaSuccess) err = cudaGraphInstantiate(&exec, graph, 0);
+    if (graph != nullptr) cudaGraphDestroy(graph);
+    if (err != cudaSuccess) {
+      cudaGetLastError();
+      std::fprintf(stderr, "ponder: CUDA backend: graphs off (%s)\n", cudaGetErrorString(err));
+      graphs = false;
+      enqueue();
+      return;
+    }
+    if (graph_cache.size() == kGraphCacheSize) {
+      cudaGraphExecDestroy(graph_cache.front().second);
+      graph_cache.erase(graph_cache.begin());
+    }
+    graph_cache.emplace_back(key, exec);
+    PONDER_CUDA_CHECK(cudaGraphLaunch(exec, stream));
   }
 };
 
@@ -985,6 +1074,7 @@ Result<std::unique_ptr<Backend>> CudaModel::Create(const model::Config& config,
   im.heads = config.n_heads;
   im.hd = config.head_dim;
   im.ffn_dim = config.intermediate_size;
+  im.block_size = config.block_size;
   im.vocab = weights.lm_head.shape[0];
   im.wte = im.Matrix(weights.wte);
   im.adapter = im.Matrix(weights.adapter);
@@ -1066,19 +1156,45 @@ void CudaModel::CoreStep(std::span<const Chunk> chunks, std::span<const int64_t>
   }
   const float* sd = im.state[in].ptr;
   float* xd = im.state[1 - in].Get(count);
-  im.Mark("upload");
-  // Adapter on [s, e] without the concatenation: two products into the same output.
-  im.Product(sd, n, d, im.adapter, 0, d, xd, d, false);
-  im.Product(ed, n, d, im.adapter, d, d, xd, d, true);
-  im.Mark("adapter");
-  const auto tables =
-      im.LayerTables(chunks, im.core.size(), iterations.data(),
-                     [&](size_t b, int64_t l) { return &chunks[b].cache->Core(iterations[b], l); });
-  im.Mark("tables");
-  im.RunBlocks(n, im.core, tables, xd, static_cast<float>(config_.norm_eps));
   auto* out = static_cast<float*>(im.state_out.Get(bytes));
-  PONDER_CUDA_CHECK(cudaMemcpyAsync(out, xd, bytes, cudaMemcpyDeviceToHost, im.stream));
-  im.Mark("download");
+  im.Mark("upload");
+  const auto eps = static_cast<float>(config_.norm_eps);
+  auto slots = [&](size_t b, int64_t l) { return &chunks[b].cache->Core(iterations[b], l); };
+  if (!im.graphs || im.profile || !im.AllGemv(n)) {
+    im.Adapter(sd, ed, n, xd);  // while the host builds the tables
+    im.Mark("adapter");
+    const auto tables = im.LayerTables(chunks, im.core.size(), iterations.data(), slots);
+    im.Mark("tables");
+    im.RunBlocks(n, im.core, tables, xd, eps);
+    PONDER_CUDA_CHECK(cudaMemcpyAsync(out, xd, bytes, cudaMemcpyDeviceToHost, im.stream));
+    im.Mark("download");
+  } else {
+    const auto tables =
+        im.LayerTables(chunks, im.core.size(), iterations.data(), slots, /*copy=*/false);
+    // The scratch RunBlock takes, at its size before a capture; every buffer a captured step
+    // touches is in the key (a buffer that grows moves).
+    float* scratch[] = {
+        im.h.Get(count),   im.qkv.Get(3 * count),          im.attn.Get(count),
+        im.tmp.Get(count), im.ffn.Get(2 * n * im.ffn_dim), im.gate.Get(n * im.ffn_dim)};
+    Impl::GraphKey key = {static_cast<uintptr_t>(n),
+                          im.table_bytes,
+                          static_cast<uintptr_t>(tables[0].max_visible),
+                          static_cast<uintptr_t>(im.gemv_max_rows),
+                          static_cast<uintptr_t>(im.gemv_block_rows),
+                          reinterpret_cast<uintptr_t>(ed),
+                          reinterpret_cast<uintptr_t>(sd),
+                          reinterpret_cast<uintptr_t>(xd),
+                          reinterpret_cast<uintptr_t>(out),
+                          reinterpret_cast<uintptr_t>(im.table_dev),
+                          reinterpret_cast<uintptr_t>(im.pinned)};
+    for (float* p : scratch) key.push_back(reinterpret_cast<uintptr_t>(p));
+    im.RunGraph(key, [&] {
+      im.CopyTables();
+      im.Adapter(sd, ed, n, xd);
+      im.RunBlocks(n, im.core, tables, xd, eps);
+      PONDER_CUDA_CHECK(cudaMemcpyAsync(out, xd, bytes, cudaMemcpyDeviceToHost, im.stream));
+    });
+  }
   PONDER_CUDA_CHECK(cudaStreamSynchronize(im.stream));
   im.CollectProfile();
   std::memcpy(s, out, bytes);
@@ -1145,6 +1261,7 @@ void CudaModel::Coda(std::span<const Chunk> chunks, const float* s, bool last_on
 }
 
 void CudaModel::set_profile(bool on) { impl_->profile = on; }
+void CudaModel::set_graphs(bool on) { impl_->graphs = on; }
 
 std::vector<std::pair<std::string, double>> CudaModel::TakeProfile(int64_t* steps) {
   Impl& im = *impl_;
@@ -1170,16 +1287,15 @@ Result<double> CudaModel::TimeCoreProducts(int64_t rows, int repeats) {
   if (rows < 1) return InvalidArgument("TimeCoreProducts: rows must be >= 1");
   const int64_t d = im.d, f = im.ffn_dim;
   float* in = im.h.Get(rows * std::max(d, f));
-  float* out = im.ffn.Get(rows * std::max(3 * d, 2 * f));
+  float* out = im.qkv.Get(rows * std::max(3 * d, 2 * f));
   PatternKernel<<<Blocks(rows * std::max(d, f)), kThreads, 0, im.stream>>>(in,
                                                                            rows * std::max(d, f));
   auto iteration = [&] {
-    im.Product(in, rows, d, im.adapter, 0, d, out, d, false);
-    im.Product(in, rows, d, im.adapter, d, d, out, d, true);
+    im.Adapter(in, in, rows, out);
     for (const DeviceBlock& b : im.core) {
       im.Lin(in, rows, d, b.wqkv, out, 3 * d);
       im.Lin(in, rows, d, b.attn_proj, out, d);
-      im.Lin(in, rows, d, b.mlp_fc, out, 2 * f);
+      im.MlpIn(in, rows, b, out);  // with the activation, as a core step runs it
       im.Lin(in, rows, f, b.mlp_proj, out, d);
     }
   };

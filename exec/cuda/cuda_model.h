@@ -68,6 +68,9 @@ class CudaModel : public Backend {
   // slows the steps a little). TakeProfile returns the milliseconds per stage summed since
   // the last call, in first-seen order, with the number of CoreSteps in `steps`, and resets.
   void set_profile(bool on);
+  // Decode core steps whose products all run in the backend's own kernel replay a CUDA
+  // graph of the step (on by default; profiling runs without).
+  void set_graphs(bool on);
   std::vector<std::pair<std::string, double>> TakeProfile(int64_t* steps);
   // Milliseconds of one core iteration's matrix products alone (the adapter and each core
   // layer's four) for `rows` input rows, the median of `repeats` timed with device events.

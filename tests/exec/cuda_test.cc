@@ -180,10 +180,10 @@ TEST(CudaParityHuginnShapeTest, RandomBf16Checkpoint) {
 }
 
 // Batched decode of 1 to 9 and 16 sequences against the CPU, step by step, with each setting
-// of the backend's own product kernel (the default: up to 3 rows; up to 8 rows with 4 or 8
-// output rows per block; off, every product in cuBLAS). Between core steps the host changes
-// part of the state, which the device must pick up rather than reuse its own copy, and
-// reads logits, which must leave the state it holds as it was.
+// of the backend's own product kernel (the default: up to 3 rows, with CUDA graphs or
+// without; up to 8 rows with 4 or 8 output rows per block; off, every product in cuBLAS). Between
+// core steps the host changes part of the state, which the device must pick up rather than reuse
+// its own copy, and reads logits, which must leave the state it holds as it was.
 TEST(CudaBatchTest, BatchedCoreStepsMatchTheCpuAtEveryBatchSize) {
   model::Config cfg = ponder::testing::SmallConfig(256, 4, 640, 2, 4, 2);
   cfg.tie_embeddings = false;
@@ -194,13 +194,17 @@ TEST(CudaBatchTest, BatchedCoreStepsMatchTheCpuAtEveryBatchSize) {
   struct Setting {
     int64_t max_rows;
     int block_rows;
+    bool graphs;
   };
-  for (const Setting setting : {Setting{3, 4}, Setting{8, 4}, Setting{8, 8}, Setting{0, 4}}) {
+  for (const Setting setting : {Setting{3, 4, true}, Setting{3, 4, false}, Setting{8, 4, true},
+                                Setting{8, 8, true}, Setting{0, 4, true}}) {
 #ifdef PONDER_HAVE_CUDA
     static_cast<cuda::CudaModel*>(gpu.get())->set_gemv(setting.max_rows, setting.block_rows);
+    static_cast<cuda::CudaModel*>(gpu.get())->set_graphs(setting.graphs);
 #endif
     SCOPED_TRACE("gemv up to " + std::to_string(setting.max_rows) + " rows, " +
-                 std::to_string(setting.block_rows) + " per block");
+                 std::to_string(setting.block_rows) + " per block, graphs " +
+                 (setting.graphs ? "on" : "off"));
     for (int64_t batch : {1, 2, 3, 4, 5, 6, 7, 8, 9, 16}) {
       std::vector<std::unique_ptr<SequenceCache>> caches;
       std::vector<Chunk> cc, gc;
