@@ -85,8 +85,8 @@ __global__ void EmbedKernel(const int32_t* tokens, const W* wte, int64_t d, floa
 
 // out[r] = rmsnorm(x[r] (+ y[r])) * w; x, y and out may alias (each thread writes only the
 // elements it read). With `add`, x[r] + y[r] is also the normalised input. One block per row.
-__global__ void RmsNormKernel(float* x, const float* y, const float* w, int64_t d, float eps,
-                              float* out) {
+__global__ void __launch_bounds__(kRowThreads)
+    RmsNormKernel(float* x, const float* y, const float* w, int64_t d, float eps, float* out) {
   __shared__ float red[kRowThreads / 32];
   const int64_t r = blockIdx.x;
   float* xr = x + r * d;
@@ -109,8 +109,9 @@ __global__ void RmsNormKernel(float* x, const float* y, const float* w, int64_t 
 // x[r] = rmsnorm(x[r] (+ y[r])) * wa in place, then h[r] = rmsnorm(x[r]) * wb: the two norms
 // that meet between sublayers (norm_2 and norm_3; a block's norm_4 and the next block's
 // norm_1) in one kernel, each value computed as RmsNormKernel computes it. One block per row.
-__global__ void RmsNorm2Kernel(float* x, const float* y, const float* wa, const float* wb,
-                               int64_t d, float eps, float* h) {
+__global__ void __launch_bounds__(kRowThreads)
+    RmsNorm2Kernel(float* x, const float* y, const float* wa, const float* wb, int64_t d, float eps,
+                   float* h) {
   __shared__ float red[kRowThreads / 32];
   const int64_t r = blockIdx.x;
   float* xr = x + r * d;
@@ -260,9 +261,10 @@ __global__ void PatternKernel(float* x, int64_t total) {
 
 // qk bias (before RoPE), RoPE on adjacent pairs of q and k, then the row's k and v go to
 // its KV page rows. One block per row. qkv: [N, 3d]; bias: [2d] or null.
-__global__ void RopeStoreKernel(float* qkv, const float* bias, const float* cos_t,
-                                const float* sin_t, const int32_t* positions, float* const* kdst,
-                                float* const* vdst, int64_t d, int64_t hd) {
+__global__ void __launch_bounds__(kRowThreads)
+    RopeStoreKernel(float* qkv, const float* bias, const float* cos_t, const float* sin_t,
+                    const int32_t* positions, float* const* kdst, float* const* vdst, int64_t d,
+                    int64_t hd) {
   const int64_t r = blockIdx.x;
   float* q = qkv + r * 3 * d;
   float* k = q + d;
@@ -768,7 +770,7 @@ struct CudaModel::Impl {
         rt[row] = static_cast<int32_t>(t);
         rv[row] = static_cast<int32_t>(c.pos + i + 1);
       }
-      o.max_visible = std::max(o.max_visible, std::min((ctx + 63) / 64 * 64, block_size));
+      o.max_visible = std::max({o.max_visible, ctx, std::min((ctx + 63) / 64 * 64, block_size)});
       t += ctx;
     }
     return o;
@@ -817,6 +819,7 @@ struct CudaModel::Impl {
                                         const int64_t* iterations, SlotOf slot_of,
                                         bool copy = true) {
     std::vector<TableOffsets> out;
+    host_table.clear();  // (left filled only if an earlier call threw)
     std::vector<KvSlot*> slots(chunks.size());
     for (size_t l = 0; l < layers; ++l) {
       for (size_t b = 0; b < chunks.size(); ++b) slots[b] = slot_of(b, static_cast<int64_t>(l));
@@ -1134,6 +1137,7 @@ void CudaModel::CoreStep(std::span<const Chunk> chunks, std::span<const int64_t>
   Impl& im = *impl_;
   PONDER_CUDA_CHECK(cudaSetDevice(im.info.ordinal));
   const int64_t n = TotalRows(chunks);
+  if (n == 0) return;
   const int64_t d = im.d;
   const size_t count = static_cast<size_t>(n * d), bytes = count * sizeof(float);
   im.profiling = im.profile;
@@ -1154,6 +1158,7 @@ void CudaModel::CoreStep(std::span<const Chunk> chunks, std::span<const int64_t>
     PONDER_CUDA_CHECK(
         cudaMemcpyAsync(im.state[in].Get(count), s, bytes, cudaMemcpyHostToDevice, im.stream));
   }
+  im.resident = -1;  // until this step's output has reached the host
   const float* sd = im.state[in].ptr;
   float* xd = im.state[1 - in].Get(count);
   auto* out = static_cast<float*>(im.state_out.Get(bytes));
@@ -1178,7 +1183,7 @@ void CudaModel::CoreStep(std::span<const Chunk> chunks, std::span<const int64_t>
         im.tmp.Get(count), im.ffn.Get(2 * n * im.ffn_dim), im.gate.Get(n * im.ffn_dim)};
     Impl::GraphKey key = {static_cast<uintptr_t>(n),
                           im.table_bytes,
-                          static_cast<uintptr_t>(tables[0].max_visible),
+                          static_cast<uintptr_t>(tables.empty() ? 0 : tables[0].max_visible),
                           static_cast<uintptr_t>(im.gemv_max_rows),
                           static_cast<uintptr_t>(im.gemv_block_rows),
                           reinterpret_cast<uintptr_t>(ed),

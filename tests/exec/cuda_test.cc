@@ -222,20 +222,40 @@ TEST(CudaBatchTest, BatchedCoreStepsMatchTheCpuAtEveryBatchSize) {
       EXPECT_LE(Nmse(eg, e), 1e-10) << "prelude, batch " << batch;
       cpu.InitState(cc, 3, 0, 1.0, sc.data());
       std::vector<float> sg = sc;
-      for (int64_t it = 1; it <= 3; ++it) {
+      // Six steps: a decode step's CUDA graph is captured at the second sighting of its
+      // shape and buffers (the state buffers alternate, so steps 2 and 5) and replayed
+      // after (steps 4 and 6).
+      for (int64_t it = 1; it <= 6; ++it) {
         if (it == 2) {  // the host edits the state between steps
           for (int64_t b = 0; b < batch; ++b) sc[b * d + 7] = sg[b * d + 7] = 1.25f;
         }
-        if (it == 3) {  // a logit check between steps
+        if (it == 3 || it == 5) {  // a logit check between steps
           std::vector<float> lc(batch * v), lg(batch * v);
           cpu.Coda(cc, sc.data(), true, lc.data());
           gpu->Coda(gc, sg.data(), true, lg.data());
-          EXPECT_LE(Nmse(lg, lc), 1e-8) << "coda, batch " << batch;
+          EXPECT_LE(Nmse(lg, lc), 1e-8) << "coda, batch " << batch << " iteration " << it;
         }
         const std::vector<int64_t> its(batch, it);
         cpu.CoreStep(cc, its, e.data(), sc.data());
         gpu->CoreStep(gc, its, e.data(), sg.data());
         EXPECT_LE(Nmse(sg, sc), 1e-8) << "batch " << batch << " iteration " << it;
+      }
+      // The next token (new embeddings, attention over the first): the graphs of the first
+      // token's shape replay with the new tables.
+      for (int64_t b = 0; b < batch; ++b) {
+        cc[b].pos = gc[b].pos = 1;
+        tokens[b] = static_cast<int32_t>((7 * b + 2) % cfg.vocab_size);
+      }
+      ASSERT_TRUE(cpu.Prelude(cc, tokens, e.data()).ok());
+      ASSERT_TRUE(gpu->Prelude(gc, tokens, eg.data()).ok());
+      EXPECT_LE(Nmse(eg, e), 1e-10) << "second prelude, batch " << batch;
+      cpu.InitState(cc, 3, 0, 1.0, sc.data());
+      sg = sc;
+      for (int64_t it = 1; it <= 6; ++it) {
+        const std::vector<int64_t> its(batch, it);
+        cpu.CoreStep(cc, its, e.data(), sc.data());
+        gpu->CoreStep(gc, its, e.data(), sg.data());
+        EXPECT_LE(Nmse(sg, sc), 1e-8) << "second token, batch " << batch << " iteration " << it;
       }
     }
   }
