@@ -377,44 +377,40 @@ int Blocks(int64_t total) {
 
 // ---- device memory ----------------------------------------------------------------------
 
-// A device buffer that grows on demand (contents are not kept across growth).
-template <typename T>
-struct DeviceBuffer {
+// Memory that grows on demand (contents are not kept across growth): device memory, or
+// page-locked host memory, which the device copies to and from directly (without the
+// driver's staging of pageable memory). Growth first waits for the device: queued work may
+// still read the old block.
+enum class Memory { kDevice, kPinned };
+
+template <typename T, Memory M>
+struct GrowingBuffer {
   T* ptr = nullptr;
   size_t size = 0;
-  ~DeviceBuffer() {
-    if (ptr != nullptr) cudaFree(ptr);
+  ~GrowingBuffer() {
+    if (ptr != nullptr) Release(ptr);
   }
   T* Get(size_t n) {
     if (n > size) {
       if (ptr != nullptr) {
-        PONDER_CUDA_CHECK(cudaDeviceSynchronize());  // queued work may still read it
-        PONDER_CUDA_CHECK(cudaFree(ptr));
+        PONDER_CUDA_CHECK(cudaDeviceSynchronize());
+        PONDER_CUDA_CHECK(Release(ptr));
       }
       size = std::max(n, size * 2);
-      PONDER_CUDA_CHECK(cudaMalloc(&ptr, size * sizeof(T)));
+      void* p = nullptr;
+      PONDER_CUDA_CHECK(M == Memory::kDevice ? cudaMalloc(&p, size * sizeof(T))
+                                             : cudaMallocHost(&p, size * sizeof(T)));
+      ptr = static_cast<T*>(p);
     }
     return ptr;
   }
+  static cudaError_t Release(T* p) { return M == Memory::kDevice ? cudaFree(p) : cudaFreeHost(p); }
 };
 
-// Page-locked host memory that grows on demand (contents are not kept across growth); the
-// device copies to it directly, without the driver's staging of pageable memory.
-struct PinnedBuffer {
-  void* ptr = nullptr;
-  size_t size = 0;
-  ~PinnedBuffer() {
-    if (ptr != nullptr) cudaFreeHost(ptr);
-  }
-  void* Get(size_t bytes) {
-    if (bytes > size) {
-      if (ptr != nullptr) PONDER_CUDA_CHECK(cudaFreeHost(ptr));
-      size = std::max(bytes, size * 2);
-      PONDER_CUDA_CHECK(cudaMallocHost(&ptr, size));
-    }
-    return ptr;
-  }
-};
+template <typename T>
+using DeviceBuffer = GrowingBuffer<T, Memory::kDevice>;
+template <typename T>
+using PinnedBuffer = GrowingBuffer<T, Memory::kPinned>;
 
 // KV pages in device memory. Pages a pool gives back are kept for the next pool (a
 // replay or calibration builds one per request) instead of going back to the driver, whose
@@ -492,7 +488,7 @@ struct CudaModel::Impl {
   DeviceBuffer<float> state[2];
   int resident = -1;
   std::vector<float> resident_host, e_host;
-  PinnedBuffer state_out;  // CoreStep's output on its way to the host
+  PinnedBuffer<float> state_out;  // CoreStep's output on its way to the host
   bool e_valid = false;
   int64_t gemv_max_rows = kGemvDefaultRows;
   int gemv_block_rows = 4;  // output rows per GemvKernel block: 4 or 8
@@ -501,8 +497,7 @@ struct CudaModel::Impl {
   unsigned char* table_dev = nullptr;
   size_t table_bytes = 0;
   std::vector<unsigned char> host_table;
-  void* pinned = nullptr;
-  size_t pinned_size = 0;
+  PinnedBuffer<unsigned char> table_pinned;  // the tables on their way to the device
   int64_t d = 0, heads = 0, hd = 0, ffn_dim = 0, vocab = 0, block_size = 0;
   size_t attn_smem_limit = 48 * 1024;
 
@@ -512,7 +507,6 @@ struct CudaModel::Impl {
     for (const auto& [key, exec] : graph_cache) cudaGraphExecDestroy(exec);
     if (last_end != nullptr) cudaEventDestroy(last_end);
     for (void* p : allocations) cudaFree(p);
-    if (pinned != nullptr) cudaFreeHost(pinned);
     if (blas != nullptr) cublasDestroy(blas);
     if (stream != nullptr) cudaStreamDestroy(stream);
   }
@@ -781,15 +775,7 @@ struct CudaModel::Impl {
   // without `copy` the caller issues CopyTables), and empties `host_table`.
   void UploadTables(bool copy) {
     const size_t bytes = host_table.size();
-    if (bytes > pinned_size) {
-      if (pinned != nullptr) {
-        PONDER_CUDA_CHECK(cudaStreamSynchronize(stream));
-        PONDER_CUDA_CHECK(cudaFreeHost(pinned));
-      }
-      pinned_size = std::max(bytes, pinned_size * 2);
-      PONDER_CUDA_CHECK(cudaMallocHost(&pinned, pinned_size));
-    }
-    std::memcpy(pinned, host_table.data(), bytes);
+    std::memcpy(table_pinned.Get(bytes), host_table.data(), bytes);
     table_dev = table.Get(bytes);
     table_bytes = bytes;
     if (copy) CopyTables();
@@ -798,7 +784,7 @@ struct CudaModel::Impl {
 
   void CopyTables() {
     PONDER_CUDA_CHECK(
-        cudaMemcpyAsync(table_dev, pinned, table_bytes, cudaMemcpyHostToDevice, stream));
+        cudaMemcpyAsync(table_dev, table_pinned.ptr, table_bytes, cudaMemcpyHostToDevice, stream));
   }
 
   Tables Resolve(const TableOffsets& o) const {
@@ -1161,7 +1147,7 @@ void CudaModel::CoreStep(std::span<const Chunk> chunks, std::span<const int64_t>
   im.resident = -1;  // until this step's output has reached the host
   const float* sd = im.state[in].ptr;
   float* xd = im.state[1 - in].Get(count);
-  auto* out = static_cast<float*>(im.state_out.Get(bytes));
+  float* out = im.state_out.Get(count);
   im.Mark("upload");
   const auto eps = static_cast<float>(config_.norm_eps);
   auto slots = [&](size_t b, int64_t l) { return &chunks[b].cache->Core(iterations[b], l); };
@@ -1191,7 +1177,7 @@ void CudaModel::CoreStep(std::span<const Chunk> chunks, std::span<const int64_t>
                           reinterpret_cast<uintptr_t>(xd),
                           reinterpret_cast<uintptr_t>(out),
                           reinterpret_cast<uintptr_t>(im.table_dev),
-                          reinterpret_cast<uintptr_t>(im.pinned)};
+                          reinterpret_cast<uintptr_t>(im.table_pinned.ptr)};
     for (float* p : scratch) key.push_back(reinterpret_cast<uintptr_t>(p));
     im.RunGraph(key, [&] {
       im.CopyTables();
