@@ -163,10 +163,15 @@ INSTANTIATE_TEST_SUITE_P(Checkpoints, CudaParityTest,
 // weights with f32 activations (cuBLAS gets them as two bf16 parts, about 16 bits), so
 // rounding and summation order differ. A random recurrence amplifies rounding with depth
 // (tests/exec/golden_test.cc), so deep runs compare in f32.
-TEST(CudaParityHuginnShapeTest, RandomBf16Checkpoint) {
+// Huginn-0125's structure at a test's width, random bf16 weights.
+ponder::testing::RandomModel HuginnShaped(uint64_t seed) {
   model::Config cfg = ponder::testing::SmallConfig(256, 4, 640, 2, 4, 2);
   cfg.tie_embeddings = false;
-  ponder::testing::RandomModel rm(cfg, DType::kBF16, 5);
+  return ponder::testing::RandomModel(cfg, DType::kBF16, seed);
+}
+
+TEST(CudaParityHuginnShapeTest, RandomBf16Checkpoint) {
+  ponder::testing::RandomModel rm = HuginnShaped(5);
   cpu::CpuModel cpu(rm.config(), rm.weights(), nullptr);
   {
     CUDA_OR_SKIP(gpu, rm.config(), rm.weights(), "bf16");
@@ -185,9 +190,8 @@ TEST(CudaParityHuginnShapeTest, RandomBf16Checkpoint) {
 // core steps the host changes part of the state, which the device must pick up rather than reuse
 // its own copy, and reads logits, which must leave the state it holds as it was.
 TEST(CudaBatchTest, BatchedCoreStepsMatchTheCpuAtEveryBatchSize) {
-  model::Config cfg = ponder::testing::SmallConfig(256, 4, 640, 2, 4, 2);
-  cfg.tie_embeddings = false;
-  ponder::testing::RandomModel rm(cfg, DType::kBF16, 9);
+  ponder::testing::RandomModel rm = HuginnShaped(9);
+  const model::Config& cfg = rm.config();
   cpu::CpuModel cpu(rm.config(), rm.weights(), nullptr);
   CUDA_OR_SKIP(gpu, rm.config(), rm.weights(), "bf16");
   const int64_t d = cfg.n_embd, v = cfg.padded_vocab_size;
