@@ -489,6 +489,12 @@ struct CudaModel::Impl {
   int resident = -1;
   std::vector<float> resident_host, e_host;
   PinnedBuffer<float> state_out;  // CoreStep's output on its way to the host
+
+  // Whether the host rows `s` (count floats) are the state the device holds.
+  bool Resident(const float* s, size_t count) const {
+    return resident >= 0 && resident_host.size() == count &&
+           std::memcmp(resident_host.data(), s, count * sizeof(float)) == 0;
+  }
   bool e_valid = false;
   int64_t gemv_max_rows = kGemvDefaultRows;
   int gemv_block_rows = 4;  // output rows per GemvKernel block: 4 or 8
@@ -1137,8 +1143,7 @@ void CudaModel::CoreStep(std::span<const Chunk> chunks, std::span<const int64_t>
     im.e_valid = true;
   }
   int in = 0;
-  if (im.resident >= 0 && im.resident_host.size() == count &&
-      std::memcmp(im.resident_host.data(), s, bytes) == 0) {
+  if (im.Resident(s, count)) {
     in = im.resident;
   } else {
     PONDER_CUDA_CHECK(
@@ -1205,8 +1210,7 @@ void CudaModel::Coda(std::span<const Chunk> chunks, const float* s, bool last_on
   const size_t count = static_cast<size_t>(n * d), bytes = count * sizeof(float);
   // The state CoreStep just returned is read where it is (and left as it is).
   float* sd = nullptr;
-  if (im.resident >= 0 && im.resident_host.size() == count &&
-      std::memcmp(im.resident_host.data(), s, bytes) == 0) {
+  if (im.Resident(s, count)) {
     sd = im.state[im.resident].ptr;
   } else {
     sd = im.s.Get(count);
