@@ -482,18 +482,20 @@ struct CudaModel::Impl {
   DeviceBuffer<float> x, e, s, h, qkv, attn, tmp, ffn, gate, logits, last, parts;
   DeviceBuffer<unsigned char> stage;  // inputs of a cuBLAS product (bf16 parts or compact f32)
   // The core state on the device: CoreStep reads one and writes the other. `resident` is
-  // the one holding the last CoreStep's output (-1: none), whose bytes the host received as
-  // `resident_host`; a call whose input has exactly these bytes reads it in place instead of
-  // uploading it again. Likewise `e_host`: the embeddings CoreStep last uploaded into `e`.
+  // the one holding the last CoreStep's output (-1: none), which reached the host through
+  // `state_out` (resident_count floats, still there: only CoreStep writes it); a call whose
+  // input has exactly these bytes reads it in place instead of uploading it again. Likewise
+  // `e_host`: the embeddings CoreStep last uploaded into `e`.
   DeviceBuffer<float> state[2];
   int resident = -1;
-  std::vector<float> resident_host, e_host;
+  size_t resident_count = 0;
   PinnedBuffer<float> state_out;  // CoreStep's output on its way to the host
+  std::vector<float> e_host;
 
   // Whether the host rows `s` (count floats) are the state the device holds.
   bool Resident(const float* s, size_t count) const {
-    return resident >= 0 && resident_host.size() == count &&
-           std::memcmp(resident_host.data(), s, count * sizeof(float)) == 0;
+    return resident >= 0 && resident_count == count &&
+           std::memcmp(state_out.ptr, s, count * sizeof(float)) == 0;
   }
   bool e_valid = false;
   int64_t gemv_max_rows = kGemvDefaultRows;
@@ -580,18 +582,18 @@ struct CudaModel::Impl {
   // The products of a few rows run in GemvKernel when it fits (bf16 weights, aligned).
   bool GemvFits(const float* x, int64_t n, int64_t ldx, const DeviceMatrix& w, int64_t col0,
                 int64_t k) const {
-    if (!bf16) return false;
+    if (!GemvRows(n)) return false;
     const auto* wp = static_cast<const __nv_bfloat16*>(w.ptr) + col0;
-    return n >= 1 && n <= gemv_max_rows && n <= kGemvMaxN && k % 8 == 0 && w.cols % 8 == 0 &&
-           ldx % 4 == 0 && reinterpret_cast<uintptr_t>(wp) % 16 == 0 &&
-           reinterpret_cast<uintptr_t>(x) % 16 == 0;
+    return k % 8 == 0 && w.cols % 8 == 0 && ldx % 4 == 0 &&
+           reinterpret_cast<uintptr_t>(wp) % 16 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
   }
 
   // Every product of a core step of n rows runs in GemvKernel (scratch buffers come from
   // cudaMalloc, aligned for it).
-  bool AllGemv(int64_t n) const {
-    return bf16 && n >= 1 && n <= gemv_max_rows && n <= kGemvMaxN && d % 8 == 0 && ffn_dim % 8 == 0;
-  }
+  bool AllGemv(int64_t n) const { return GemvRows(n) && d % 8 == 0 && ffn_dim % 8 == 0; }
+
+  // Products of n input rows may run in GemvKernel (bf16 weights, few enough rows).
+  bool GemvRows(int64_t n) const { return bf16 && n >= 1 && n <= gemv_max_rows && n <= kGemvMaxN; }
 
   template <int N>
   void LaunchGemv(const __nv_bfloat16* wp, int64_t ldw, int64_t rows, int64_t k, const float* x,
@@ -1195,7 +1197,7 @@ void CudaModel::CoreStep(std::span<const Chunk> chunks, std::span<const int64_t>
   im.CollectProfile();
   std::memcpy(s, out, bytes);
   im.resident = 1 - in;
-  im.resident_host.assign(out, out + count);
+  im.resident_count = count;
   for (size_t b = 0; b < chunks.size(); ++b) {
     chunks[b].cache->SetDepth(chunks[b].pos, chunks[b].count, iterations[b]);
   }
