@@ -1,5 +1,6 @@
 #include "exec/backend.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -58,6 +59,16 @@ std::unique_ptr<SequenceCache> Backend::NewCache(KvStrategy strategy, KvPagePool
   return std::make_unique<SequenceCache>(
       config_.n_layers_in_prelude, config_.n_layers_in_recurrent_block, config_.n_layers_in_coda,
       config_.n_embd, strategy, pool, page_memory());
+}
+
+void Backend::RecordDepths(std::span<const Chunk> chunks, std::span<const int64_t> iterations) {
+  for (size_t b = 0; b < chunks.size(); ++b) {
+    chunks[b].cache->SetDepth(chunks[b].pos, chunks[b].count, iterations[b]);
+  }
+}
+
+void Backend::RecordTokens(std::span<const Chunk> chunks) {
+  for (const Chunk& c : chunks) c.cache->set_tokens(std::max(c.cache->tokens(), c.pos + c.count));
 }
 
 Status Backend::CheckPrelude(std::span<const Chunk> chunks, std::span<const int32_t> tokens) const {

@@ -102,6 +102,11 @@ class Backend {
                                                    std::vector<float>* final_state = nullptr);
 
  protected:
+  // What every backend records in the caches after a phase: the depth each new row ran
+  // (after CoreStep), and the tokens whose coda rows are written (after Coda).
+  static void RecordDepths(std::span<const Chunk> chunks, std::span<const int64_t> iterations);
+  static void RecordTokens(std::span<const Chunk> chunks);
+
   // Checks a prelude call's rows, positions and ids (the same rule on every backend).
   [[nodiscard]] Status CheckPrelude(std::span<const Chunk> chunks,
                                     std::span<const int32_t> tokens) const;

@@ -90,6 +90,11 @@ class KvSlot {
   void Reserve(int64_t end);
   // Gives back the pages holding no position < rows.
   void Release(int64_t rows);
+  // Makes room for positions [0, end) and counts them written (a call writes their rows).
+  void Extend(int64_t end) {
+    Reserve(end);
+    length = std::max(length, end);
+  }
 
   int64_t length = 0;  // positions [0, length) are written
 

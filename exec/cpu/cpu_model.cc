@@ -107,9 +107,7 @@ void CpuModel::CoreStep(std::span<const Chunk> chunks, std::span<const int64_t> 
   }
   core_layer_ = -1;
   core_iterations_ = nullptr;
-  for (size_t b = 0; b < chunks.size(); ++b) {
-    chunks[b].cache->SetDepth(chunks[b].pos, chunks[b].count, iterations[b]);
-  }
+  RecordDepths(chunks, iterations);
 }
 
 void CpuModel::Lin(const float* x, int64_t n, int64_t ldx, const TensorView& w, float* y,
@@ -140,9 +138,7 @@ void CpuModel::Coda(std::span<const Chunk> chunks, const float* s, bool last_onl
     for (size_t b = 0; b < chunks.size(); ++b) slot_ptrs_[b] = &chunks[b].cache->Coda(l);
     Block(chunks, weights_.coda[l], slot_ptrs_, x.data());
   }
-  for (const Chunk& c : chunks) {
-    c.cache->set_tokens(std::max(c.cache->tokens(), c.pos + c.count));
-  }
+  RecordTokens(chunks);
   if (logits == nullptr) return;
   if (last_only) {
     // Gather the last row of each chunk.
@@ -204,8 +200,7 @@ void CpuModel::Attention(std::span<const Chunk> chunks, std::span<KvSlot* const>
   for (size_t b = 0; b < chunks.size(); ++b) {
     const Chunk& c = chunks[b];
     KvSlot& slot = *slots[b];
-    slot.Reserve(c.pos + c.count);
-    slot.length = std::max(slot.length, c.pos + c.count);
+    slot.Extend(c.pos + c.count);
     for (int64_t t = 0; t < c.count; ++t, ++row) {
       float* q = qkv + row * ld;
       float* k = q + d_;

@@ -755,8 +755,7 @@ struct CudaModel::Impl {
     for (size_t b = 0; b < chunks.size(); ++b) {
       const Chunk& c = chunks[b];
       KvSlot& slot = *slots[b];
-      slot.Reserve(c.pos + c.count);
-      slot.length = std::max(slot.length, c.pos + c.count);
+      slot.Extend(c.pos + c.count);
       const int64_t it = iterations != nullptr ? iterations[b] : 0;
       const bool gap = iterations != nullptr && c.cache->HasGap(c.pos, it);
       const int64_t ctx = c.pos + c.count;
@@ -1198,9 +1197,7 @@ void CudaModel::CoreStep(std::span<const Chunk> chunks, std::span<const int64_t>
   std::memcpy(s, out, bytes);
   im.resident = 1 - in;
   im.resident_count = count;
-  for (size_t b = 0; b < chunks.size(); ++b) {
-    chunks[b].cache->SetDepth(chunks[b].pos, chunks[b].count, iterations[b]);
-  }
+  RecordDepths(chunks, iterations);
 }
 
 void CudaModel::Coda(std::span<const Chunk> chunks, const float* s, bool last_only, float* logits) {
@@ -1224,7 +1221,7 @@ void CudaModel::Coda(std::span<const Chunk> chunks, const float* s, bool last_on
     return &chunks[b].cache->Coda(l);
   });
   im.RunBlocks(n, im.coda, tables, xd, eps);
-  for (const Chunk& c : chunks) c.cache->set_tokens(std::max(c.cache->tokens(), c.pos + c.count));
+  RecordTokens(chunks);
   if (logits == nullptr) {
     PONDER_CUDA_CHECK(cudaStreamSynchronize(im.stream));
     return;
