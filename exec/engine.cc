@@ -180,11 +180,16 @@ struct Engine::Impl {
       options.sink->OnRequest(rec);
       PublishBudget(*p.profile, p.spec.plan.tenant, now);
     }
+    Complete(p, std::move(g), counted);
+  }
+
+  // Completes a request's future; a request counted in `finishing` stops counting first.
+  void Complete(Pending& p, Result<GenerationResult> value, bool counted) {
     if (counted) {
       std::lock_guard<std::mutex> lock(mu);
       --finishing;
     }
-    p.promise.set_value(std::move(g));
+    p.promise.set_value(std::move(value));
   }
 
   // The labels of a request's record.
@@ -605,11 +610,7 @@ void Engine::Impl::Run() {
     if (options.sink) options.sink->OnTick(rows, secs);
     for (auto& [p, r] : done) {
       if (!r.ok()) {
-        {
-          std::lock_guard<std::mutex> lock(mu);
-          --finishing;
-        }
-        p->promise.set_value(r.status());
+        Complete(*p, r.status(), /*counted=*/true);
         continue;
       }
       Finish(*p, r->finish_reason, &*r, /*counted=*/true);
