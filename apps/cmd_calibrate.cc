@@ -168,7 +168,6 @@ void AddCalibrateCommand(CLI::App& app, int& exit_code) {
     double target = 0.99, delta = 0.05, init_scale = 1.0;
     int64_t max_items = 0, max_tokens = 16;
     uint64_t seed = 0;
-    int threads = 0;
     exec::BackendOptions backend;
     bool dry_run = false;
   };
@@ -188,7 +187,6 @@ void AddCalibrateCommand(CLI::App& app, int& exit_code) {
       ->check(CLI::Range(1, 4096));
   cmd->add_option("--seed", a->seed, "Seed of the initial states (item i: seed + i)");
   cmd->add_option("--init-scale", a->init_scale, "Scale of the random initial state (0: zero)");
-  cmd->add_option("--threads", a->threads, "CPU threads (0: all)");
   AddBackendFlag(cmd, &a->backend);
   cmd->add_flag("--dry-run", a->dry_run, "Print the table; write nothing");
   cmd->callback([a, &exit_code] {
@@ -229,7 +227,7 @@ void AddCalibrateCommand(CLI::App& app, int& exit_code) {
       exit_code = Fail(items.status());
       return;
     }
-    auto rt = Open(a->dir, a->backend, a->threads, /*require_tokenizer=*/true);
+    auto rt = Open(a->dir, a->backend, /*require_tokenizer=*/true);
     if (!rt.ok()) {
       exit_code = Fail(rt.status());
       return;

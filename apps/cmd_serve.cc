@@ -24,7 +24,7 @@ void AddServeCommand(CLI::App& app, int& exit_code) {
   struct Args {
     std::string dir, host = "127.0.0.1", api_keys, admin_key;
     std::vector<std::string> profiles;
-    int port = 8000, max_active = 32, max_queue = 256, threads = 0, http_threads = 0;
+    int port = 8000, max_active = 32, max_queue = 256, http_threads = 0;
     exec::BackendOptions backend;
     int max_prompt_tokens = 0, max_tokens = 0, max_streams_per_tenant = 0, prefill_chunk = 512;
     uint64_t kv_budget_mb = 1024, max_body_bytes = 1 << 20;
@@ -50,7 +50,6 @@ void AddServeCommand(CLI::App& app, int& exit_code) {
       ->check(CLI::Range(0, 1 << 20));
   cmd->add_option("--kv-budget-mb", a->kv_budget_mb, "KV cache budget in MiB")
       ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 24));
-  cmd->add_option("--threads", a->threads, "CPU threads of the engine (0: all)");
   AddBackendFlag(cmd, &a->backend);
   cmd->add_option("--http-threads", a->http_threads,
                   "HTTP worker threads (0: max-active + max-queue + 8, at most 1024)")
@@ -74,7 +73,6 @@ void AddServeCommand(CLI::App& app, int& exit_code) {
     server::ServerOptions o;
     o.engine.model_dir = a->dir;
     o.engine.profile_paths = a->profiles;
-    o.engine.threads = a->threads;
     o.engine.backend = a->backend;
     o.engine.max_active = a->max_active;
     o.engine.max_queue = a->max_queue;

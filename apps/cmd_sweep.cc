@@ -20,7 +20,6 @@ void AddSweepCommand(CLI::App& app, int& exit_code) {
     std::vector<std::string> workloads;
     int64_t limit = 0, max_tokens = 16, batch = 32;
     uint64_t seed = 0;
-    int threads = 0;
     exec::BackendOptions backend;
     bool as_json = false;
   };
@@ -32,7 +31,6 @@ void AddSweepCommand(CLI::App& app, int& exit_code) {
   cmd->add_option("--max-tokens", a->max_tokens, "Answer tokens at most");
   cmd->add_option("--batch", a->batch, "Sequences decoded together")->check(CLI::Range(1, 4096));
   cmd->add_option("--seed", a->seed, "Seed of the initial states");
-  cmd->add_option("--threads", a->threads, "CPU threads (0: all)");
   AddBackendFlag(cmd, &a->backend);
   cmd->add_option("--plot", a->plot, "Write an SVG chart of accuracy against depth");
   cmd->add_flag("--json", a->as_json, "Print JSON");
@@ -67,7 +65,7 @@ void AddSweepCommand(CLI::App& app, int& exit_code) {
         items.push_back(std::move(it));
       }
     }
-    auto rt = Open(a->dir, a->backend, a->threads, /*require_tokenizer=*/true);
+    auto rt = Open(a->dir, a->backend, /*require_tokenizer=*/true);
     if (!rt.ok()) {
       exit_code = Fail(rt.status());
       return;

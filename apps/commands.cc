@@ -138,7 +138,6 @@ void AddGenerateCommand(CLI::App& app, int& exit_code) {
     int64_t steps = 32, max_tokens = 32, min_steps = 1, check_every = 1;
     uint64_t seed = 0;
     double temperature = 0.0, top_p = 1.0, init_scale = 1.0, exit_threshold = -1.0;
-    int threads = 0;
     exec::BackendOptions backend;
     bool chat = false, as_json = false;
   };
@@ -161,12 +160,11 @@ void AddGenerateCommand(CLI::App& app, int& exit_code) {
   cmd->add_option("--top-p", a->top_p, "Nucleus sampling mass")->check(CLI::Range(0.0, 1.0));
   cmd->add_option("--init-scale", a->init_scale, "Scale of the random initial state (0: zero)");
   cmd->add_option("--kv", a->kv, "KV-cache strategy: full or compress-sN");
-  cmd->add_option("--threads", a->threads, "CPU threads (0: all)");
   AddBackendFlag(cmd, &a->backend);
   cmd->add_flag("--chat", a->chat, "Wrap the prompt in the chat template as a user message");
   cmd->add_flag("--json", a->as_json, "Print JSON");
   cmd->callback([a, &exit_code] {
-    auto rt = Open(a->dir, a->backend, a->threads, /*require_tokenizer=*/true);
+    auto rt = Open(a->dir, a->backend, /*require_tokenizer=*/true);
     if (!rt.ok()) {
       exit_code = Fail(rt.status());
       return;
@@ -297,7 +295,6 @@ void AddLogitsCommand(CLI::App& app, int& exit_code) {
     int64_t steps = 32;
     double init_scale = 1.0;
     uint64_t seed = 0;
-    int threads = 0;
     exec::BackendOptions backend;
   };
   auto a = std::make_shared<Args>();
@@ -306,7 +303,6 @@ void AddLogitsCommand(CLI::App& app, int& exit_code) {
   cmd->add_option("--steps", a->steps, "Core iterations")->check(CLI::Range(1, 4096));
   cmd->add_option("--init-scale", a->init_scale, "Scale of the random initial state (0: zero)");
   cmd->add_option("--seed", a->seed, "Seed of the initial state");
-  cmd->add_option("--threads", a->threads, "CPU threads (0: all)");
   AddBackendFlag(cmd, &a->backend);
   cmd->callback([a, &exit_code] {
     auto ids = ParseTokenList(a->tokens);
@@ -314,7 +310,7 @@ void AddLogitsCommand(CLI::App& app, int& exit_code) {
       exit_code = Fail(ids.status());
       return;
     }
-    auto rt = Open(a->dir, a->backend, a->threads, /*require_tokenizer=*/false);
+    auto rt = Open(a->dir, a->backend, /*require_tokenizer=*/false);
     if (!rt.ok()) {
       exit_code = Fail(rt.status());
       return;
@@ -349,7 +345,6 @@ void AddReplayCommand(CLI::App& app, int& exit_code) {
     int64_t steps = 32, max_tokens = 16, batch = 32;
     uint64_t seed = 0;
     double init_scale = 1.0;
-    int threads = 0;
     exec::BackendOptions backend;
     bool as_json = false, items = false, class_max = false;
   };
@@ -373,7 +368,6 @@ void AddReplayCommand(CLI::App& app, int& exit_code) {
   cmd->add_option("--seed", a->seed, "Seed of the initial states");
   cmd->add_option("--init-scale", a->init_scale, "Scale of the random initial state (0: zero)");
   cmd->add_option("--kv", a->kv, "KV-cache strategy: full or compress-sN");
-  cmd->add_option("--threads", a->threads, "CPU threads (0: all)");
   AddBackendFlag(cmd, &a->backend);
   cmd->add_flag("--json", a->as_json, "Print one JSON object");
   cmd->add_flag("--items", a->items, "Include every item's answer in the JSON");
@@ -388,7 +382,7 @@ void AddReplayCommand(CLI::App& app, int& exit_code) {
       exit_code = Fail(kv.status());
       return;
     }
-    auto rt = Open(a->dir, a->backend, a->threads, /*require_tokenizer=*/true);
+    auto rt = Open(a->dir, a->backend, /*require_tokenizer=*/true);
     if (!rt.ok()) {
       exit_code = Fail(rt.status());
       return;

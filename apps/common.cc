@@ -9,13 +9,12 @@ int Fail(const Status& status) {
   return 1;
 }
 
-Result<Runtime> Open(const std::string& dir, exec::BackendOptions backend, int threads,
+Result<Runtime> Open(const std::string& dir, const exec::BackendOptions& backend,
                      bool require_tokenizer) {
   Runtime rt;
   model::LoadOptions lo;
   lo.require_tokenizer = require_tokenizer;
   PONDER_ASSIGN_OR_RETURN(rt.ckpt, model::LoadCheckpoint(dir, lo));
-  backend.threads = threads;
   PONDER_ASSIGN_OR_RETURN(rt.model, exec::MakeBackend(backend, rt.ckpt->config, rt.ckpt->weights));
   return rt;
 }
@@ -26,6 +25,7 @@ void AddBackendFlag(CLI::App* cmd, exec::BackendOptions* backend) {
   cmd->add_option("--backend", backend->kind,
                   "executor: cpu or cuda (in this build: " + kinds + ")")
       ->check(CLI::IsMember({"cpu", "cuda"}));
+  cmd->add_option("--threads", backend->threads, "CPU threads (0: all)");
   cmd->add_option("--device", backend->device, "CUDA device ordinal (--backend cuda)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--cuda-weights", backend->cuda_weights,

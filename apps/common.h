@@ -19,13 +19,12 @@ struct Runtime {
   std::unique_ptr<exec::Backend> model;
 };
 
-// Loads a model directory and builds the backend `backend` (for "cpu", with `threads`
-// threads, 0: all).
-[[nodiscard]] Result<Runtime> Open(const std::string& dir, exec::BackendOptions backend,
-                                   int threads, bool require_tokenizer);
+// Loads a model directory and builds the backend `backend`.
+[[nodiscard]] Result<Runtime> Open(const std::string& dir, const exec::BackendOptions& backend,
+                                   bool require_tokenizer);
 
-// Adds `--backend cpu|cuda` (the executor that runs the model), `--device N` and
-// `--cuda-weights bf16|f32` to a command.
+// Adds `--backend cpu|cuda` (the executor that runs the model), `--threads N` (its CPU
+// threads), `--device N` and `--cuda-weights bf16|f32` to a command.
 void AddBackendFlag(CLI::App* cmd, exec::BackendOptions* backend);
 
 // "1.50 MiB".

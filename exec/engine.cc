@@ -294,10 +294,8 @@ Result<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& options) {
   PONDER_ASSIGN_OR_RETURN(telemetry::CostModel cm, telemetry::CostModel::Create(DimsOf(
                                                        impl->ckpt->config, impl->ckpt->weights)));
   impl->cost = std::make_unique<telemetry::CostModel>(cm);
-  BackendOptions backend = options.backend;
-  backend.threads = options.threads;
   PONDER_ASSIGN_OR_RETURN(impl->model,
-                          MakeBackend(backend, impl->ckpt->config, impl->ckpt->weights));
+                          MakeBackend(options.backend, impl->ckpt->config, impl->ckpt->weights));
   impl->batcher = std::make_unique<DepthBatcher>(*impl->model);
   impl->batcher->set_prefill_chunk(options.prefill_chunk_tokens);
   impl->stats.kv_bytes_capacity = options.kv_budget_bytes;

@@ -38,12 +38,11 @@ namespace ponder::exec {
 struct EngineOptions {
   std::string model_dir;
   std::vector<std::string> profile_paths;  // domain profiles (JSON); the first is the default
-  BackendOptions backend;  // cpu or cuda, CUDA device and weights (its threads: `threads`)
-  int threads = 0;         // CPU threads (0: all cores)
-  int max_active = 32;     // sequences iterating together (batch size)
-  int max_queue = 256;     // waiting requests; beyond it Submit fails (429)
-  uint64_t kv_budget_bytes = 1ull << 30;  // KV cache reserved by admitted sequences, at most
-  double init_scale = 1.0;                // initial state scale (0: zero state)
+  BackendOptions backend;                  // cpu or cuda, CPU threads, CUDA device and weights
+  int max_active = 32;                     // sequences iterating together (batch size)
+  int max_queue = 256;                     // waiting requests; beyond it Submit fails (429)
+  uint64_t kv_budget_bytes = 1ull << 30;   // KV cache reserved by admitted sequences, at most
+  double init_scale = 1.0;                 // initial state scale (0: zero state)
   // Elastic depth: with waiting requests and a full batch, running tokens' caps shrink to
   // min + (max - min) / load (load = (active + waiting) / max_active). Off: requests wait.
   bool elastic_depth = true;

@@ -25,7 +25,7 @@ EngineOptions Options() {
   EngineOptions o;
   o.model_dir = kModel;
   o.profile_paths = {kProfiles + "finance.json", kProfiles + "education.json"};
-  o.threads = 1;
+  o.backend.threads = 1;
   return o;
 }
 

@@ -256,7 +256,7 @@ TEST(PrometheusSinkEngine, MetricsEqualTheRequestsUsage) {
   exec::EngineOptions o;
   o.model_dir = std::string(PONDER_SOURCE_DIR) + "/model/zoo/ponder-micro";
   o.profile_paths = {std::string(PONDER_SOURCE_DIR) + "/scenarios/profiles/finance.json"};
-  o.threads = 1;
+  o.backend.threads = 1;
   o.sink = sink;
   auto engine = exec::Engine::Create(o);
   ASSERT_TRUE(engine.ok()) << engine.status().ToString();
