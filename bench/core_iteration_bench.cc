@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "bench/bandwidth.h"
+#include "bench/common.h"
 #include "exec/cpu/cpu_model.h"
 #include "tests/random_model.h"
 
@@ -22,23 +23,7 @@ namespace {
 
 using ponder::DType;
 using namespace ponder::exec;
-
-std::vector<std::string> Split(const std::string& s) {
-  std::vector<std::string> out;
-  size_t b = 0;
-  while (b <= s.size()) {
-    size_t e = s.find(',', b);
-    if (e == std::string::npos) e = s.size();
-    out.push_back(s.substr(b, e - b));
-    b = e + 1;
-  }
-  return out;
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
+using ponder::bench::Median;
 
 }  // namespace
 
@@ -77,19 +62,14 @@ int main(int argc, char** argv) {
               pool.threads());
   std::printf("%-6s %6s %12s %10s %12s %12s %10s\n", "dtype", "batch", "weights_MB", "bw_GB/s",
               "floor_ms", "median_ms", "of_floor");
-  for (const std::string& dt : Split(dtypes)) {
+  for (const std::string& dt : ponder::bench::SplitList(dtypes)) {
     const DType dtype = dt == "f32" ? DType::kF32 : dt == "f16" ? DType::kF16 : DType::kBF16;
     ponder::testing::RandomModel rm(cfg, dtype, 1);
     const auto& w = rm.weights();
     uint64_t bytes = w.adapter.bytes();
-    for (const auto& b : w.core) {
-      for (const auto* t : {&b.norm_1, &b.norm_2, &b.norm_3, &b.norm_4, &b.wqkv, &b.qk_bias,
-                            &b.attn_proj, &b.mlp_fc, &b.mlp_proj}) {
-        bytes += t->bytes();
-      }
-    }
+    for (const auto& b : w.core) bytes += ponder::bench::BlockBytes(b);
     cpu::CpuModel model(rm.config(), w, &pool);
-    for (const std::string& bs : Split(batches)) {
+    for (const std::string& bs : ponder::bench::SplitList(batches)) {
       const int64_t batch = std::stoll(bs);
       std::vector<std::unique_ptr<SequenceCache>> caches;
       std::vector<cpu::Chunk> chunks;

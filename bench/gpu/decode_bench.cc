@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/common.h"
 #include "exec/backend.h"
 #include "exec/cuda/cuda_model.h"
 #include "tests/random_model.h"
@@ -28,31 +29,11 @@ using namespace ponder;
 
 std::vector<int64_t> Ints(const std::string& s) {
   std::vector<int64_t> out;
-  size_t i = 0;
-  while (i < s.size()) {
-    size_t j = s.find(',', i);
-    if (j == std::string::npos) j = s.size();
-    out.push_back(std::stoll(s.substr(i, j - i)));
-    i = j + 1;
-  }
+  for (const std::string& x : bench::SplitList(s)) out.push_back(std::stoll(x));
   return out;
 }
 
 uint64_t Bytes(const TensorView& t) { return t.empty() ? 0 : t.bytes(); }
-
-uint64_t BlockBytes(const model::BlockWeights& b) {
-  uint64_t n = 0;
-  for (const TensorView* t : {&b.norm_1, &b.norm_2, &b.norm_3, &b.norm_4, &b.wqkv, &b.qk_bias,
-                              &b.attn_proj, &b.mlp_fc, &b.mlp_proj}) {
-    n += Bytes(*t);
-  }
-  return n;
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
 
 }  // namespace
 
@@ -110,10 +91,10 @@ int main(int argc, char** argv) {
   }
   auto* gpu = static_cast<exec::cuda::CudaModel*>(made->get());
   uint64_t fixed = Bytes(w.lm_head) + Bytes(w.ln_f);  // plus one embedding row per token
-  for (const auto& b : w.prelude) fixed += BlockBytes(b);
-  for (const auto& b : w.coda) fixed += BlockBytes(b);
+  for (const auto& b : w.prelude) fixed += bench::BlockBytes(b);
+  for (const auto& b : w.coda) fixed += bench::BlockBytes(b);
   uint64_t per_iteration = Bytes(w.adapter);
-  for (const auto& b : w.core) per_iteration += BlockBytes(b);
+  for (const auto& b : w.core) per_iteration += bench::BlockBytes(b);
   std::printf("device: %s (sm_%d%d), %.1f GiB; weights on device %.2f GiB\n",
               gpu->device().name.c_str(), gpu->device().sm_major, gpu->device().sm_minor,
               gpu->device().memory_bytes / 1073741824.0, gpu->device_weight_bytes() / 1073741824.0);
@@ -159,7 +140,7 @@ int main(int argc, char** argv) {
       next = step(chunks, next);
       times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
-    return Median(times);
+    return bench::Median(times);
   };
 
   std::printf("%7s %6s %6s %12s %12s %12s %10s %12s\n", "path", "batch", "r", "floor_ms", "step_ms",
