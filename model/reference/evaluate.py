@@ -205,9 +205,11 @@ def plot(report, path):
     lvl = res["1"]["family/difficulty"] if "1" in res else res[next(iter(res))]["family/difficulty"]
     chain = [(int(k.split("/")[1]), v) for k, v in lvl.items() if k.startswith("chain/")]
     cmap = plt.get_cmap("viridis")
+    k_top = max(k for k, _ in chain)
+    step = max(1, k_top // 6)  # a legend entry for every step-th length (and the longest)
     for k, v in sorted(chain):
-        ax.plot(depths, [v[str(r)] for r in depths], marker="o", ms=3, color=cmap((k - 1) / 11),
-                label=f"k={k}")
+        ax.plot(depths, [v[str(r)] for r in depths], marker="o", ms=3, color=cmap((k - 1) / max(1, k_top - 1)),
+                label=f"k={k}" if k % step == 0 or k in (1, k_top) else None)
     ax.set_xscale("log", base=2)
     ax.set_xticks(depths)
     ax.set_xticklabels([str(r) for r in depths])
@@ -317,14 +319,16 @@ def write_model_card(model_dir, report):
             "step-scheduled run).\n")
         lines.append(
             f"- depth per step r = Poisson(exp(N(log {a['depth_mean']:g} - {a['depth_sigma']}^2/2, "
-            f"{a['depth_sigma']}))) + 1, capped at {a['depth_cap']}; gradients through the last "
+            f"{a['depth_sigma']}))) + 1, capped at {a['depth_cap']}"
+            + (f" and raised to at least {a['depth_min']}" if a.get("depth_min", 1) > 1 else "")
+            + f"; gradients through the last "
             f"{a['backprop_depth']} iterations only (the earlier ones run without gradients);\n"
             "- initial state: the random truncated normal (init_scale 1), as at inference;\n"
             f"- AdamW lr {a['lr']:g}, betas (0.9, 0.95), weight decay {a['weight_decay']} on matrices, "
             f"gradient clipping {a['clip']}, {a['warmup']} warm-up steps, constant, then linear decay to "
             f"{a['final_lr_frac']}x over the last {int(a['decay_frac'] * 100)}% of the budget"
             + (f" (the budget of {a['minutes']:g} minutes may stretch, up to {a['max_minutes']:g}, until the "
-               f"curriculum has reached k = {tasks.LEVELS['chain'][1]} and trained {a['settle_min']:g} minutes there; this run's "
+               f"curriculum has reached k = {a.get('k_max', tasks.LEVELS['chain'][1])} and trained {a['settle_min']:g} minutes there; this run's "
                f"budget: {tr.get('budget_minutes', 0):.1f} minutes)" if a.get("max_minutes", 0) > a["minutes"] else "")
             + ";\n"
             f"- {a['batch']} examples per step, one per row, right-padded (causal attention never sees the "

@@ -155,10 +155,10 @@ def forward_train(model, ids, n_no_grad, n_grad, init_scale=1.0):
     return model.predict(s, cos, sin)
 
 
-def sample_depth(np_rng, mean, sigma, cap):
+def sample_depth(np_rng, mean, sigma, cap, floor=1):
     tau = np_rng.normal(math.log(mean) - sigma * sigma / 2, sigma)
     r = int(np_rng.poisson(math.exp(tau))) + 1
-    return min(r, cap)
+    return max(floor, min(r, cap))
 
 
 def collate(codec, examples):
@@ -288,8 +288,12 @@ def parse_args(argv=None):
     g.add_argument("--depth-mean", type=float, default=8.0)
     g.add_argument("--depth-sigma", type=float, default=0.5)
     g.add_argument("--depth-cap", type=int, default=32)
+    g.add_argument("--depth-min", type=int, default=1,
+                   help="floor on the sampled depth: no step trains the model to answer in fewer iterations")
     g.add_argument("--backprop-depth", type=int, default=4, help="iterations that carry gradients")
     g.add_argument("--k-start", type=int, default=2)
+    g.add_argument("--k-max", type=int, default=tasks.LEVELS["chain"][1],
+                   help="last chain length of the curriculum (default: the top level of tasks.LEVELS)")
     g.add_argument("--k-threshold", type=float, default=0.8)
     return p.parse_args(argv)
 
@@ -317,7 +321,7 @@ def main(argv=None):
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": a.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=a.lr, betas=(0.9, 0.95), eps=1e-8)
-    cur = tasks.Curriculum(k_start=a.k_start, threshold=a.k_threshold)
+    cur = tasks.Curriculum(k_start=a.k_start, k_max=a.k_max, threshold=a.k_threshold)
     meta = {"step": 0, "elapsed": 0.0, "loss_hist": [], "val": [], "k_raised": {}, "wall_start": time.time(),
             "invocations": []}
 
@@ -342,8 +346,9 @@ def main(argv=None):
           f"{' (up to %.1f min)' % a.max_minutes if not a.steps and a.max_minutes > a.minutes else ''}, "
           f"threads {torch.get_num_threads()}", flush=True)
 
-    k_top = tasks.LEVELS["chain"][1]
+    k_top = a.k_max
     val_sets = {k: tasks.test_set("chain", k, 100, seed=777) for k in range(1, k_top + 1)}
+    val_easy = [e for fam in ("copy", "reverse", "lookup") for e in tasks.test_set(fam, tasks.LEVELS[fam][1], 50, seed=777)]
     last_save = time.time()
     last_val = time.time()
     win = {"loss": 0.0, "tok": 0, "ok": 0, "n": 0, "r": 0, "steps": 0, "t0": time.time()}
@@ -368,7 +373,7 @@ def main(argv=None):
         lr = lr_at(a, step, progress())
         for g in opt.param_groups:
             g["lr"] = lr
-        r = sample_depth(rngs["np"], a.depth_mean, a.depth_sigma, a.depth_cap)
+        r = sample_depth(rngs["np"], a.depth_mean, a.depth_sigma, a.depth_cap, a.depth_min)
         n_grad = min(a.backprop_depth, r)
         batch = tasks.training_batch(rngs["py"], a.batch, cur)
         batch.sort(key=lambda x: len(x[2]) + len(x[3]))
@@ -419,6 +424,7 @@ def main(argv=None):
             model.eval()
             ks = sorted({1, max(1, cur.k // 2), cur.k, k_top})
             res = {f"k{k}_r{r_}": round(quick_val(model, codec, val_sets[k], r_), 3) for k in ks for r_ in (4, 32)}
+            res["easy_r4"] = round(quick_val(model, codec, val_easy, 4), 3)
             model.train()
             meta["val"].append({"step": meta["step"], "minutes": round(meta["elapsed"] / 60, 2), **res})
             print("  held-out chain (teacher forced): " + "  ".join(f"{k}={v}" for k, v in res.items()), flush=True)
