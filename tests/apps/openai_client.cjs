@@ -49,10 +49,12 @@ async function main() {
   check('completion finish_reason', ['stop', 'length'].includes(c.choices[0].finish_reason),
     c.choices[0]);
 
-  const chat = await client.chat.completions.create({
+  // The same seeded greedy request, plain and streamed, must give the same text.
+  const chatRequest = {
     model, messages: [{ role: 'system', content: 'Answer.' }, { role: 'user', content: 'j6a3?j' }],
-    max_tokens: 8, temperature: 0, profile: 'chat',
-  });
+    max_tokens: 8, temperature: 0, seed: 7, profile: 'chat',
+  };
+  const chat = await client.chat.completions.create(chatRequest);
   check('chat completion', chat.object === 'chat.completion' &&
     chat.choices[0].message.role === 'assistant' &&
     typeof chat.choices[0].message.content === 'string' && chat.usage.profile === 'chat', chat);
@@ -76,10 +78,7 @@ async function main() {
   check('stream finish and usage chunk', finish === c.choices[0].finish_reason && usage !== null &&
     usage.completion_tokens === c.usage.completion_tokens && chunks >= 2, { finish, usage, chunks });
 
-  const chatStream = await client.chat.completions.create({
-    model, messages: [{ role: 'user', content: 'j6a3?j' }], max_tokens: 8, temperature: 0,
-    profile: 'chat', stream: true,
-  });
+  const chatStream = await client.chat.completions.create({ ...chatRequest, stream: true });
   let role = null;
   let content = '';
   let chatFinish = null;
