@@ -16,10 +16,11 @@ echo "== accuracy per scenario class at fixed depths (education and finance work
 "$PONDER" sweep --model "$MODEL" --workload "$W/education.jsonl" --workload "$W/finance.jsonl" \
   --depths 1,2,4,8,32 --limit 60 --plot "$BUILD/demo-depth.svg"
 echo
-echo "== one question (a 9-step chain; the answer is 6), three depths: ponder generate --steps R"
-for r in 2 8 32; do
+echo "== one held-out question (a 22-step chain; the answer is 9), four depths: ponder generate --steps R"
+for r in 2 4 8 32; do
   printf 'r=%-3s ' "$r"
-  "$PONDER" generate --model "$MODEL" --prompt '+7*3+4*9+2*7+6*3+1=' --steps "$r" --max-tokens 4 \
+  "$PONDER" generate --model "$MODEL" --prompt '+4*3+6+3+9*3*9+5*7+4+4+6+8*7+9+1+1*3+8+0+0+1=' --steps "$r" \
+    --max-tokens 4 \
     2>/dev/null
 done
 echo

@@ -13,7 +13,7 @@ Families (the difficulty knob in brackets):
 
   chain    hard   a non-commutative chain of k operations mod 10 evaluated left to
                   right from 0; each term is one token pair `+d` (d = 0..9) or `*3`,
-                  `*7`, `*9`; the first term is always `+d`.   [k = 1..12]
+                  `*7`, `*9`; the first term is always `+d`.   [k = 1..24]
                   `+4*3+7*9=` -> `1`   (0+4=4, 4*3=12->2, 2+7=9, 9*9=81->1)
   copy     easy   copy 3..8 lowercase letters.               [length]
                   `qhbzt|` -> `qhbzt`
@@ -42,7 +42,7 @@ FAMILIES = HARD_FAMILIES + EASY_FAMILIES
 
 # Difficulty range of each family (inclusive).
 LEVELS = {
-    "chain": (1, 12),
+    "chain": (1, 24),
     "copy": (3, 8),
     "reverse": (3, 8),
     "lookup": (2, 6),

@@ -5,12 +5,12 @@ split of model/reference/tasks.py (prompts never seen in training).
 Each line: {"id", "prompt", "expected", "family", "difficulty", "class"}.
 
   chat.jsonl       easy families (copy, reverse, lookup), class "chat"
-  math.jsonl       chain at every k = 1..12; class math_easy (k 1-4), math_medium (5-8),
-                   math_hard (9-12)
-  education.jsonl  concept_explanation (copy/lookup), wrong_answer_analysis (chain k 4-6),
-                   complex_problem_solving (chain k 9-12)
-  finance.jsonl    routine_transaction (lookup/copy), market_analysis (chain k 5-8),
-                   risk_assessment (chain k 11-12)
+  math.jsonl       chain at every k = 1..24; class math_easy (k 1-8), math_medium (9-16),
+                   math_hard (17-24)
+  education.jsonl  concept_explanation (copy/lookup), wrong_answer_analysis (chain k 5-10),
+                   complex_problem_solving (chain k 17-24)
+  finance.jsonl    routine_transaction (lookup/copy), market_analysis (chain k 9-16),
+                   risk_assessment (chain k 21-24)
 
 Calibration workloads (`ponder calibrate`, policy/README.md "Calibration"), drawn with a
 different seed and no prompt in common with any evaluation workload above (asserted), 300
@@ -44,13 +44,13 @@ CLASSES = {
     "chat": [("chat", EASY)],
     "education": [
         ("concept_explanation", [("copy", range(3, 9)), ("lookup", range(2, 7))]),
-        ("wrong_answer_analysis", [("chain", range(4, 7))]),
-        ("complex_problem_solving", [("chain", range(9, 13))]),
+        ("wrong_answer_analysis", [("chain", range(5, 11))]),
+        ("complex_problem_solving", [("chain", range(17, 25))]),
     ],
     "finance": [
         ("routine_transaction", [("lookup", range(2, 7)), ("copy", range(3, 9))]),
-        ("market_analysis", [("chain", range(5, 9))]),
-        ("risk_assessment", [("chain", range(11, 13))]),
+        ("market_analysis", [("chain", range(9, 17))]),
+        ("risk_assessment", [("chain", range(21, 25))]),
     ],
 }
 
@@ -112,9 +112,9 @@ def build():
     workloads["chat"] = domain(rng, "chat", 150)
 
     math = []
-    for cls, ks in (("math_easy", range(1, 5)), ("math_medium", range(5, 9)), ("math_hard", range(9, 13))):
+    for cls, ks in (("math_easy", range(1, 9)), ("math_medium", range(9, 17)), ("math_hard", range(17, 25))):
         for k in ks:
-            math.extend(line(ex, cls) for ex in tasks.test_set("chain", k, 13, seed=SEED))
+            math.extend(line(ex, cls) for ex in tasks.test_set("chain", k, 7, seed=SEED))
     workloads["math"] = math
 
     workloads["education"] = domain(rng, "education", 50)
