@@ -321,7 +321,7 @@ def write_model_card(model_dir, report):
             f"- depth per step r = Poisson(exp(N(log {a['depth_mean']:g} - {a['depth_sigma']}^2/2, "
             f"{a['depth_sigma']}))) + 1, capped at {a['depth_cap']}"
             + (f" and raised to at least {a['depth_min']}" if a.get("depth_min", 1) > 1 else "")
-            + f"; gradients through the last "
+            + "; gradients through the last "
             f"{a['backprop_depth']} iterations only (the earlier ones run without gradients);\n"
             "- initial state: the random truncated normal (init_scale 1), as at inference;\n"
             f"- AdamW lr {a['lr']:g}, betas (0.9, 0.95), weight decay {a['weight_decay']} on matrices, "

@@ -5,7 +5,8 @@ The model is the reference architecture (huginn.py) in the Huginn layout: scaled
 embedding, prelude, a core block iterated r times on adapter(cat[s, e]), coda, sandwich
 norms, qk bias, RoPE. The recipe is the paper's, scaled down:
 
-  * depth per step r = Poisson(exp(N(log(mean) - sigma^2/2, sigma))) + 1, capped;
+  * depth per step r = Poisson(exp(N(log(mean) - sigma^2/2, sigma))) + 1, capped (and
+    raised to --depth-min, if given);
     the first r - k iterations run without gradients, the last k carry them
     (truncated backpropagation through depth);
   * the initial state is Huginn's truncated normal (init_scale 1), as at inference;
