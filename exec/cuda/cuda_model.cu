@@ -83,6 +83,22 @@ __global__ void EmbedKernel(const int32_t* tokens, const W* wte, int64_t d, floa
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x) e[r * d + j] = Load(src, j) * scale;
 }
 
+// The first half of a row norm, shared by the norm kernels: with `yr`, xr += yr in place;
+// returns 1 / rms(xr) (with eps). Each thread writes only the elements it read.
+__device__ float AddAndRmsScale(float* xr, const float* yr, int64_t d, float eps, float* red) {
+  float ss = 0.0f;
+#pragma unroll 4
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+    float v = xr[j];
+    if (yr != nullptr) {
+      v += yr[j];
+      xr[j] = v;
+    }
+    ss += v * v;
+  }
+  return 1.0f / sqrtf(BlockSum(ss, red) / static_cast<float>(d) + eps);
+}
+
 // out[r] = rmsnorm(x[r] (+ y[r])) * w; x, y and out may alias (each thread writes only the
 // elements it read). With `add`, x[r] + y[r] is also the normalised input. One block per row.
 __global__ void __launch_bounds__(kRowThreads)
@@ -90,18 +106,7 @@ __global__ void __launch_bounds__(kRowThreads)
   __shared__ float red[kRowThreads / 32];
   const int64_t r = blockIdx.x;
   float* xr = x + r * d;
-  float ss = 0.0f;
-#pragma unroll 4
-  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
-    float v = xr[j];
-    if (y != nullptr) {
-      v += y[r * d + j];
-      xr[j] = v;
-    }
-    ss += v * v;
-  }
-  const float total = BlockSum(ss, red);
-  const float scale = 1.0f / sqrtf(total / static_cast<float>(d) + eps);
+  const float scale = AddAndRmsScale(xr, y != nullptr ? y + r * d : nullptr, d, eps, red);
 #pragma unroll 4
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x) out[r * d + j] = (xr[j] * scale) * w[j];
 }
@@ -115,15 +120,7 @@ __global__ void __launch_bounds__(kRowThreads)
   __shared__ float red[kRowThreads / 32];
   const int64_t r = blockIdx.x;
   float* xr = x + r * d;
-  float ss = 0.0f;
-#pragma unroll 4
-  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
-    float v = xr[j];
-    if (y != nullptr) v += y[r * d + j];
-    xr[j] = v;
-    ss += v * v;
-  }
-  const float scale = 1.0f / sqrtf(BlockSum(ss, red) / static_cast<float>(d) + eps);
+  const float scale = AddAndRmsScale(xr, y != nullptr ? y + r * d : nullptr, d, eps, red);
   float ss2 = 0.0f;
 #pragma unroll 4
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
