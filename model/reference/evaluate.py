@@ -328,7 +328,8 @@ def write_model_card(model_dir, report):
             f"gradient clipping {a['clip']}, {a['warmup']} warm-up steps, constant, then linear decay to "
             f"{a['final_lr_frac']}x over the last {int(a['decay_frac'] * 100)}% of the budget"
             + (f" (the budget of {a['minutes']:g} minutes may stretch, up to {a['max_minutes']:g}, until the "
-               f"curriculum has reached k = {a.get('k_max', tasks.LEVELS['chain'][1])} and trained {a['settle_min']:g} minutes there; this run's "
+               f"curriculum has reached k = {a.get('k_max', tasks.LEVELS['chain'][1])} and trained "
+               f"{a['settle_min']:g} minutes there; this run's "
                f"budget: {tr.get('budget_minutes', 0):.1f} minutes)" if a.get("max_minutes", 0) > a["minutes"] else "")
             + ";\n"
             f"- {a['batch']} examples per step, one per row, right-padded (causal attention never sees the "

@@ -349,7 +349,8 @@ def main(argv=None):
 
     k_top = a.k_max
     val_sets = {k: tasks.test_set("chain", k, 100, seed=777) for k in range(1, k_top + 1)}
-    val_easy = [e for fam in ("copy", "reverse", "lookup") for e in tasks.test_set(fam, tasks.LEVELS[fam][1], 50, seed=777)]
+    val_easy = [e for fam in ("copy", "reverse", "lookup")
+                for e in tasks.test_set(fam, tasks.LEVELS[fam][1], 50, seed=777)]
     last_save = time.time()
     last_val = time.time()
     win = {"loss": 0.0, "tok": 0, "ok": 0, "n": 0, "r": 0, "steps": 0, "t0": time.time()}
