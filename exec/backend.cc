@@ -1,6 +1,7 @@
 #include "exec/backend.h"
 
 #include <algorithm>
+#include <cassert>
 #include <cmath>
 #include <cstring>
 
@@ -95,6 +96,39 @@ Status Backend::CheckPrelude(std::span<const Chunk> chunks, std::span<const int3
   return Status::Ok();
 }
 
+std::unique_ptr<LogitHistory> Backend::NewLogitHistory() {
+  return std::make_unique<TrackedLogitHistory>();
+}
+
+void Backend::CodaChecks(std::span<const Chunk> chunks, const float* s,
+                         std::span<const LogitCheck> checks, double* values) {
+  const int64_t v = config_.padded_vocab_size;
+  check_logits_.resize(chunks.size() * v);
+  Coda(chunks, s, /*last_only=*/true, check_logits_.data());
+  for (size_t b = 0; b < chunks.size(); ++b) {
+    auto* history = dynamic_cast<TrackedLogitHistory*>(checks[b].history);
+    assert(history != nullptr && "CodaChecks: a history from another backend");
+    values[b] = history->tracker.ObserveLogits(
+        checks[b].rule, std::span<const float>(check_logits_.data() + b * v, config_.vocab_size));
+  }
+}
+
+void Backend::LastLogits(std::span<const size_t> which, float* logits) {
+  const int64_t v = config_.padded_vocab_size;
+  for (size_t k = 0; k < which.size(); ++k) {
+    std::memcpy(logits + k * v, check_logits_.data() + which[k] * v, v * sizeof(float));
+  }
+}
+
+void Backend::CoreSteps(std::span<const Chunk> chunks, std::span<const int64_t> iterations,
+                        int64_t steps, const float* e, float* s) {
+  std::vector<int64_t> its(iterations.begin(), iterations.end());
+  for (int64_t j = 0; j < steps; ++j) {
+    CoreStep(chunks, its, e, s);
+    for (int64_t& it : its) ++it;
+  }
+}
+
 Result<std::vector<float>> Backend::Forward(SequenceCache& cache, std::span<const int32_t> tokens,
                                             int64_t steps, const float* state, uint64_t seed,
                                             double init_scale, std::vector<float>* final_state) {
@@ -111,10 +145,8 @@ Result<std::vector<float>> Backend::Forward(SequenceCache& cache, std::span<cons
   } else {
     InitState(chunks, seed, 0, init_scale, s.data());
   }
-  for (int64_t i = 1; i <= steps; ++i) {
-    const int64_t it = i;
-    CoreStep(chunks, std::span<const int64_t>(&it, 1), e.data(), s.data());
-  }
+  const int64_t first = 1;
+  CoreSteps(chunks, std::span<const int64_t>(&first, 1), steps, e.data(), s.data());
   std::vector<float> logits(n * weights_.lm_head.shape[0]);
   Coda(chunks, s.data(), /*last_only=*/false, logits.data());
   if (final_state != nullptr) *final_state = std::move(s);

@@ -21,6 +21,7 @@
 #include "exec/kv_cache.h"
 #include "model/config.h"
 #include "model/weights.h"
+#include "policy/criteria.h"
 
 namespace ponder::exec {
 
@@ -38,6 +39,31 @@ inline int64_t TotalRows(std::span<const Chunk> chunks) {
   for (const Chunk& c : chunks) n += c.count;
   return n;
 }
+
+// The previous logit check of one sequence's current token, kept where the backend keeps
+// logits (a logit rule compares each check with the one before: policy/criteria.h). Made
+// by Backend::NewLogitHistory and used only with that backend.
+class LogitHistory {
+ public:
+  virtual ~LogitHistory() = default;
+  // Forgets the checks (a new token): the next one compares with the rule's start, the
+  // uniform distribution or entropy 100 (policy::SignalTracker).
+  virtual void Reset() = 0;
+};
+
+// The history the host computation keeps (Backend's default CodaChecks): the signal
+// tracker's previous log-probabilities and entropy.
+class TrackedLogitHistory : public LogitHistory {
+ public:
+  void Reset() override { tracker.Begin({}); }
+  policy::SignalTracker tracker;
+};
+
+// One sequence's logit check in Backend::CodaChecks.
+struct LogitCheck {
+  LogitHistory* history = nullptr;  // the sequence's; this check replaces its previous one
+  policy::ExitRule rule = policy::ExitRule::kKl;  // kl, minp-kl, entropy-diff, argmax-stability
+};
 
 class Backend {
  public:
@@ -62,11 +88,33 @@ class Backend {
   virtual void CoreStep(std::span<const Chunk> chunks, std::span<const int64_t> iterations,
                         const float* e, float* s) = 0;
 
+  // `steps` (>= 1) core iterations in a row: the same as CoreStep with iterations[b], then
+  // iterations[b] + 1, ..., for a caller that needs neither the state nor an exit signal in
+  // between; s receives the last one's output. The default calls CoreStep `steps` times; a
+  // backend whose state lives elsewhere (CUDA) keeps it there until the last.
+  virtual void CoreSteps(std::span<const Chunk> chunks, std::span<const int64_t> iterations,
+                         int64_t steps, const float* e, float* s);
+
   // ln_f, coda (writes coda KV for every row), ln_f, head. logits receives the rows
   // selected by `last_only` (true: the last row of each chunk -> [B, V]; false: every
   // row -> [N, V]). s is not modified. logits may be null (coda KV only).
   virtual void Coda(std::span<const Chunk> chunks, const float* s, bool last_only,
                     float* logits) = 0;
+
+  // Exit checks of logit rules: Coda (coda KV for every row), then for the last row of each
+  // chunk b the value of checks[b].rule on its head output against that sequence's previous
+  // check, which this one replaces (as policy::SignalTracker::ObserveLogits: kl, minp-kl and
+  // entropy-diff values; argmax-stability: the argmax). values: [B]. The logits stay with
+  // the backend until its next Coda or CodaChecks: LastLogits copies rows of them out. The
+  // default computes on the host from Coda's logits; a backend whose logits live in device
+  // memory computes there and sends back only the values.
+  virtual void CodaChecks(std::span<const Chunk> chunks, const float* s,
+                          std::span<const LogitCheck> checks, double* values);
+  // Rows `which` (chunk indices of the last CodaChecks) of its logits: [which.size(), V].
+  virtual void LastLogits(std::span<const size_t> which, float* logits);
+  // A history for one sequence's logit checks with this backend (the default: a
+  // TrackedLogitHistory; a backend's own must derive from it if it may compute on the host).
+  virtual std::unique_ptr<LogitHistory> NewLogitHistory();
 
   // Batch invariance: every row's arithmetic is the same whatever else shares the call, so
   // batched serving gives exactly the batch-1 tokens and exit steps. Backends that cannot
@@ -113,6 +161,9 @@ class Backend {
 
   const model::Config& config_;
   const model::Weights& weights_;
+
+ private:
+  std::vector<float> check_logits_;  // the last CodaChecks' logits (host computation)
 };
 
 // RoPE on adjacent pairs: cos and sin of angle(p, i) = p / base^(2i / head_dim) for every

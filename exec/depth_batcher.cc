@@ -16,7 +16,8 @@ struct DepthBatcher::Seq {
   Id id = 0;
   std::unique_ptr<SequenceCache> cache;
   policy::ExitController controller;
-  policy::SignalTracker tracker;
+  policy::SignalTracker tracker;          // latent signals
+  std::unique_ptr<LogitHistory> history;  // logit signals, where the backend keeps logits
   SequenceControl control;
   uint64_t rng = 0;
   std::vector<int32_t> input;     // the rows of the next token (the prompt, then one id)
@@ -27,7 +28,7 @@ struct DepthBatcher::Seq {
   int64_t step = 0;                // iterations done on the current token
   bool starting = true;            // the next tick starts a token (prelude + initial state)
   bool done = false;               // finished: the result is ready
-  bool have_logits = false;        // `logits` holds the current state's head output
+  bool have_logits = false;        // this step ran a logit check (its logits are with the backend)
   bool logits_from_check = false;  // ... and came from the exit step's check
   std::vector<float> logits;
   policy::Decision decision;
@@ -65,6 +66,7 @@ Result<DepthBatcher::Id> DepthBatcher::Add(SequenceSpec spec) {
   }
   const KvStrategy kv = spec.options.kv;
   auto q = std::make_unique<Seq>(std::move(spec), model_.NewCache(kv, &pool_));
+  q->history = model_.NewLogitHistory();
   q->rng = q->spec.options.seed ^ 0x5851f42d4c957f2dull;
   q->input = q->spec.prompt;
   if (prefill_chunk_ > 0 && static_cast<int64_t>(q->input.size()) > prefill_chunk_) {
@@ -146,6 +148,7 @@ Status DepthBatcher::StartTokens(std::vector<Seq*>& starting) {
     row += q.rows;
     q.controller.BeginToken();
     q.tracker.Begin(std::span<const float>(q.last_row(), d));
+    q.history->Reset();
     q.step = 0;
     q.starting = false;
     q.have_logits = false;
@@ -286,8 +289,8 @@ Status DepthBatcher::Tick() {
       want_logits.push_back(i);
     }
   }
-  auto coda = [&](const std::vector<size_t>& which) {
-    if (which.empty()) return;
+  // The batch's state rows of the sequences `which`, as chunks_ and s_.
+  auto gather = [&](const std::vector<size_t>& which) {
     chunks_.clear();
     int64_t rows = 0;
     for (size_t i : which) rows += run[i]->rows;
@@ -299,22 +302,22 @@ Status DepthBatcher::Tick() {
       std::memcpy(&s_[rows * d], q.s.data(), q.rows * d * sizeof(float));
       rows += q.rows;
     }
-    logits_.resize(which.size() * v);
-    model_.Coda(chunks_, s_.data(), /*last_only=*/true, logits_.data());
-    for (size_t k = 0; k < which.size(); ++k) {
-      Seq& q = *run[which[k]];
-      q.logits.assign(logits_.begin() + k * v, logits_.begin() + (k + 1) * v);
-      q.have_logits = true;
-    }
   };
-  coda(want_logits);
-  std::vector<size_t> exiting, need_head;
-  for (size_t i = 0; i < run.size(); ++i) {
+  // Logit checks, batched: the backend computes each rule's value where the logits are.
+  std::vector<double> values(want_logits.size());
+  if (!want_logits.empty()) {
+    gather(want_logits);
+    std::vector<LogitCheck> checks;
+    for (size_t i : want_logits) checks.push_back({run[i]->history.get(), run[i]->spec.plan.rule});
+    model_.CodaChecks(chunks_, s_.data(), checks, values.data());
+  }
+  std::vector<size_t> exiting, need_head, from_check;  // from_check: indices into want_logits
+  for (size_t i = 0, k = 0; i < run.size(); ++i) {
     Seq& q = *run[i];
     policy::StepInput& in = inputs[i];
-    if (q.have_logits) {
-      const double val = q.tracker.ObserveLogits(
-          q.spec.plan.rule, std::span<const float>(q.logits.data(), cfg.vocab_size));
+    if (k < want_logits.size() && want_logits[k] == i) {
+      q.have_logits = true;
+      const double val = values[k++];
       if (q.spec.plan.rule == policy::ExitRule::kArgmaxStability) {
         in.signals.argmax = static_cast<int64_t>(val);
       } else {
@@ -328,11 +331,35 @@ Status DepthBatcher::Tick() {
     }
     if (q.decision.action == policy::Action::kExit) {
       exiting.push_back(i);
-      if (!q.have_logits) need_head.push_back(i);
+      if (q.have_logits) {
+        from_check.push_back(static_cast<size_t>(
+            std::lower_bound(want_logits.begin(), want_logits.end(), i) - want_logits.begin()));
+      } else {
+        need_head.push_back(i);
+      }
     }
   }
+  // Exiting tokens sample from their check's logits (fetched before anything else runs the
+  // coda), or from one coda + head pass now.
+  auto take = [&](const std::vector<size_t>& which, const float* rows) {
+    for (size_t k = 0; k < which.size(); ++k) {
+      run[which[k]]->logits.assign(rows + k * v, rows + (k + 1) * v);
+    }
+  };
+  if (!from_check.empty()) {
+    logits_.resize(from_check.size() * v);
+    model_.LastLogits(from_check, logits_.data());
+    std::vector<size_t> which;
+    for (size_t k : from_check) which.push_back(want_logits[k]);
+    take(which, logits_.data());
+  }
+  if (!need_head.empty()) {
+    gather(need_head);
+    logits_.resize(need_head.size() * v);
+    model_.Coda(chunks_, s_.data(), /*last_only=*/true, logits_.data());
+    take(need_head, logits_.data());
+  }
   for (size_t i : exiting) run[i]->logits_from_check = run[i]->have_logits;
-  coda(need_head);
   for (size_t i : exiting) EmitToken(*run[i], run[i]->logits.data());
   return Status::Ok();
 }

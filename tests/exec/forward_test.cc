@@ -169,6 +169,52 @@ TEST_P(ForwardTest, ZeroInitScaleGivesZeroStateAndSeedsAreReproducible) {
   EXPECT_NE(a, b);
 }
 
+// Logit checks through the backend (the host computation every backend starts from): for
+// the last row of each chunk, the value a SignalTracker of that sequence gives on Coda's
+// logits, check after check; LastLogits returns the rows asked for; Reset starts over.
+TEST_P(ForwardTest, CodaChecksGiveEachSequencesTrackerValues) {
+  testing::RandomModel rm(testing::SmallConfig(), GetParam(), 12);
+  CpuModel model(rm.config(), rm.weights(), nullptr);
+  const int64_t d = rm.config().n_embd, v = rm.config().padded_vocab_size;
+  const int64_t vocab = rm.config().vocab_size;
+  for (const policy::ExitRule rule :
+       {policy::ExitRule::kKl, policy::ExitRule::kMinpKl, policy::ExitRule::kEntropyDiff,
+        policy::ExitRule::kArgmaxStability}) {
+    SCOPED_TRACE(policy::ExitRuleName(rule));
+    auto c1 = model.NewCache(), c2 = model.NewCache();
+    std::vector<float> s1, s2;
+    ASSERT_TRUE(model.Forward(*c1, Tokens(3, 96), 2, nullptr, 1, 1.0, &s1).ok());
+    ASSERT_TRUE(model.Forward(*c2, Tokens(5, 96, 1), 3, nullptr, 2, 1.0, &s2).ok());
+    const Chunk chunks[] = {{c1.get(), 0, 3}, {c2.get(), 0, 5}};
+    std::vector<float> s = s1;
+    s.insert(s.end(), s2.begin(), s2.end());
+    auto h1 = model.NewLogitHistory(), h2 = model.NewLogitHistory();
+    h1->Reset();
+    h2->Reset();
+    policy::SignalTracker t1, t2;
+    for (int check = 0; check < 4; ++check) {
+      if (check == 3) {  // a new token for the first sequence
+        h1->Reset();
+        t1.Begin({});
+      }
+      for (int64_t i = 0; i < static_cast<int64_t>(s.size()); ++i) {
+        s[i] += 0.05f * std::sin(0.1f * static_cast<float>(i + check * d));
+      }
+      std::vector<float> ref(2 * v);
+      model.Coda(chunks, s.data(), /*last_only=*/true, ref.data());
+      const LogitCheck checks[] = {{h1.get(), rule}, {h2.get(), rule}};
+      double values[2];
+      model.CodaChecks(chunks, s.data(), checks, values);
+      EXPECT_EQ(values[0], t1.ObserveLogits(rule, {ref.data(), static_cast<size_t>(vocab)}));
+      EXPECT_EQ(values[1], t2.ObserveLogits(rule, {ref.data() + v, static_cast<size_t>(vocab)}));
+      std::vector<float> got(v);
+      const size_t second[] = {1};
+      model.LastLogits(second, got.data());
+      EXPECT_EQ(got, std::vector<float>(ref.begin() + v, ref.end()));
+    }
+  }
+}
+
 TEST_P(ForwardTest, BadTokenIsAnError) {
   testing::RandomModel rm(testing::SmallConfig(), GetParam(), 11);
   CpuModel model(rm.config(), rm.weights(), nullptr);
