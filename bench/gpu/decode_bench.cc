@@ -6,7 +6,8 @@
 //
 // Per (batch, depth): `batch` sequences prefill `prompt` tokens, then decode `tokens`
 // tokens each; a token is prelude + initial state + r core iterations + coda + head for
-// every sequence of the batch (one call per phase, as the scheduler issues them). Reported:
+// every sequence of the batch (one call per phase; the r iterations in one CoreSteps call,
+// or one CoreStep call each on the per-step paths). Reported:
 // the median milliseconds per decode step, tokens per second (batch / step time), and the
 // floor: the weight bytes one step reads (prelude, r x (adapter + core), coda, head) over
 // the device-to-device copy bandwidth measured first.
@@ -101,7 +102,9 @@ int main(int argc, char** argv) {
   std::printf("copy bandwidth (device to device, reads + writes): %.0f GB/s\n", *bw / 1e9);
   const int64_t d = cfg.n_embd, v = cfg.padded_vocab_size;
   // Median seconds per decode step of `batch` sequences at r iterations (after a prefill).
-  auto decode = [&](int64_t batch, int64_t r) {
+  // per_step: one CoreStep call per iteration (as a scheduler that checks for an exit after
+  // every iteration issues them); otherwise one CoreSteps call for the r iterations.
+  auto decode = [&](int64_t batch, int64_t r, bool per_step) {
     auto pool = gpu->NewPagePool();
     std::vector<std::unique_ptr<exec::SequenceCache>> caches;
     for (int64_t b = 0; b < batch; ++b) caches.push_back(gpu->NewCache({}, pool.get()));
@@ -119,10 +122,14 @@ int main(int argc, char** argv) {
       std::vector<float> e(n * d), s(n * d), logits(ch.size() * v);
       if (!gpu->Prelude(ch, in, e.data()).ok()) std::abort();
       gpu->InitState(ch, 7, 0, 1.0, s.data());
-      std::vector<int64_t> its(ch.size());
-      for (int64_t i = 1; i <= r; ++i) {
-        std::fill(its.begin(), its.end(), i);
-        gpu->CoreStep(ch, its, e.data(), s.data());
+      std::vector<int64_t> its(ch.size(), 1);
+      if (per_step) {
+        for (int64_t i = 1; i <= r; ++i) {
+          std::fill(its.begin(), its.end(), i);
+          gpu->CoreStep(ch, its, e.data(), s.data());
+        }
+      } else {
+        gpu->CoreSteps(ch, its, r, e.data(), s.data());
       }
       gpu->Coda(ch, s.data(), /*last_only=*/true, logits.data());
       std::vector<int32_t> next(ch.size());
@@ -143,24 +150,33 @@ int main(int argc, char** argv) {
     return bench::Median(times);
   };
 
-  std::printf("%7s %6s %6s %12s %12s %12s %10s %12s\n", "path", "batch", "r", "floor_ms", "step_ms",
+  std::printf("%8s %6s %6s %12s %12s %12s %10s %12s\n", "path", "batch", "r", "floor_ms", "step_ms",
               "of_floor", "tok/s", "bytes/step");
   std::string json = "{\"device\": \"" + gpu->device().name +
                      "\", \"copy_bandwidth_gbs\": " + std::to_string(*bw / 1e9) + ", \"rows\": [";
   bool first = true;
-  // default: products of up to 3 rows in the backend's kernel (with CUDA graphs of the
-  // core step), more in cuBLAS; nograph: the same without graphs; cublas: every product in
-  // cuBLAS (inputs split into two bf16 parts).
-  for (const std::string path : {"default", "nograph", "cublas"}) {
-    gpu->set_graphs(path == "default");
-    if (path == "cublas") gpu->set_gemv(0);
+  // default: the backend's defaults (products of up to 3 rows in GemvKernel, more in
+  // cuBLAS; CUDA graphs) with the r iterations of a token in one call; mma-pdl: the same
+  // with MmaKernel for 4 to 32 rows and programmatic dependent launch between kernels (the
+  // candidate defaults); per-step: default with one call per iteration (one graph each, as
+  // a scheduler that checks for an exit after every iteration issues them); nograph:
+  // per-step without graphs; cublas: every product in cuBLAS (inputs split into two bf16
+  // parts), per-step, no graphs: the backend's products before its own kernels.
+  for (const std::string path : {"default", "mma-pdl", "per-step", "nograph", "cublas"}) {
+    gpu->set_graphs(path != "nograph" && path != "cublas");
+    gpu->set_pdl(path == "mma-pdl");
+    gpu->set_mma(path == "mma-pdl" ? 32 : exec::cuda::CudaModel::kMmaDefaultRows);
+    if (path == "cublas") {
+      gpu->set_gemv(0);
+      gpu->set_mma(0);
+    }
     for (int64_t batch : Ints(batches)) {
-      if (path != "default" && batch > 3) continue;  // the same as the default
+      if (path == "nograph" && batch > 1) continue;
       for (int64_t r : Ints(depths)) {
-        const double step_s = decode(batch, r);
+        const double step_s = decode(batch, r, path != "default" && path != "mma-pdl");
         const double bytes = static_cast<double>(fixed + r * per_iteration);
         const double floor_s = bytes / *bw;
-        std::printf("%7s %6lld %6lld %12.2f %12.2f %11.0f%% %10.1f %12.3e\n", path.c_str(),
+        std::printf("%8s %6lld %6lld %12.2f %12.2f %11.0f%% %10.1f %12.3e\n", path.c_str(),
                     (long long)batch, (long long)r, floor_s * 1e3, step_s * 1e3,
                     100.0 * floor_s / step_s, batch / step_s, bytes);
         std::fflush(stdout);
@@ -173,14 +189,16 @@ int main(int argc, char** argv) {
       }
     }
     gpu->set_gemv(exec::cuda::CudaModel::kGemvDefaultRows);
+    gpu->set_mma(exec::cuda::CudaModel::kMmaDefaultRows);
   }
   gpu->set_graphs(true);
+  gpu->set_pdl(false);
 
   // Where a core step's time goes (device time per CoreStep, by stage, without graphs: an
   // event after each kernel), at r = 32.
   for (int64_t batch : {1, 8}) {
     gpu->set_profile(true);
-    decode(batch, 32);
+    decode(batch, 32, /*per_step=*/true);
     gpu->set_profile(false);
     int64_t steps = 0;
     const auto stages = gpu->TakeProfile(&steps);
@@ -194,6 +212,51 @@ int main(int argc, char** argv) {
     std::printf("  %-36s %8.4f\n", "total", total / std::max<int64_t>(steps, 1));
   }
 
+  // A logit check of one decode row per sequence (coda + head + the kl rule's value), with
+  // the value computed on the host from the downloaded logits and on the device.
+  std::printf("\nlogit check (kl), ms per call (median of 9)\n%7s %10s %10s\n", "batch", "host",
+              "device");
+  for (int64_t batch : {1, 8}) {
+    auto pool = gpu->NewPagePool();
+    std::vector<std::unique_ptr<exec::SequenceCache>> caches;
+    std::vector<exec::Chunk> chunks;
+    std::vector<int32_t> toks;
+    for (int64_t b = 0; b < batch; ++b) {
+      caches.push_back(gpu->NewCache({}, pool.get()));
+      chunks.push_back({caches.back().get(), 0, 1});
+      toks.push_back(static_cast<int32_t>((b * 31 + 5) % cfg.vocab_size));
+    }
+    std::vector<float> e(batch * d), s(batch * d);
+    if (!gpu->Prelude(chunks, toks, e.data()).ok()) return 1;
+    gpu->InitState(chunks, 7, 0, 1.0, s.data());
+    const std::vector<int64_t> its(batch, 1);
+    gpu->CoreSteps(chunks, its, 4, e.data(), s.data());
+    double ms[2];
+    for (const bool device : {false, true}) {
+      gpu->set_device_signals(device);
+      std::vector<std::unique_ptr<exec::LogitHistory>> hist;
+      std::vector<exec::LogitCheck> checks;
+      for (int64_t b = 0; b < batch; ++b) {
+        hist.push_back(gpu->NewLogitHistory());
+        hist.back()->Reset();
+        checks.push_back({hist.back().get(), policy::ExitRule::kKl});
+      }
+      std::vector<double> values(batch), times;
+      for (int i = 0; i < 10; ++i) {
+        const auto t0 = std::chrono::steady_clock::now();
+        gpu->CodaChecks(chunks, s.data(), checks, values.data());
+        const double dt =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        if (i > 0) times.push_back(dt);  // the first allocates
+      }
+      ms[device ? 1 : 0] = bench::Median(times) * 1e3;
+    }
+    gpu->set_device_signals(false);
+    std::printf("%7lld %10.3f %10.3f\n", (long long)batch, ms[0], ms[1]);
+    json += std::string("], \"logit_check_batch") + std::to_string(batch) + "\": [" +
+            std::to_string(ms[0]) + ", " + std::to_string(ms[1]);
+  }
+
   // One core iteration's products alone: how near the matrix products come to the copy
   // bandwidth, apart from everything else a decode step does.
   std::printf("\ncore iteration, products only (%.3e bytes of weights)\n%7s %6s %10s %10s %9s\n",
@@ -201,9 +264,11 @@ int main(int argc, char** argv) {
   json += "], \"products\": [";
   first = true;
   for (int64_t rows : {1, 2, 3, 4, 8, 16, 32}) {
-    for (const std::string path : {"gemv", "gemv8", "cublas"}) {
-      if (path != "cublas" && rows > 8) continue;
-      gpu->set_gemv(path == "cublas" ? 0 : 8, path == "gemv8" ? 8 : 4);
+    for (const std::string path : {"gemv", "mma", "mma-pdl", "cublas"}) {
+      if (path == "gemv" && rows > 8) continue;
+      gpu->set_gemv(path == "gemv" ? 8 : 0);
+      gpu->set_mma(path == "mma" || path == "mma-pdl" ? 32 : 0);
+      gpu->set_pdl(path == "mma-pdl");
       auto ms = gpu->TimeCoreProducts(rows, 20);
       if (!ms.ok()) {
         std::fprintf(stderr, "gpu_decode_bench: %s\n", ms.status().ToString().c_str());
@@ -218,6 +283,8 @@ int main(int argc, char** argv) {
     }
   }
   gpu->set_gemv(exec::cuda::CudaModel::kGemvDefaultRows);
+  gpu->set_mma(exec::cuda::CudaModel::kMmaDefaultRows);
+  gpu->set_pdl(false);
   json += "]}\n";
   if (!json_path.empty()) std::ofstream(json_path) << json;
   return 0;

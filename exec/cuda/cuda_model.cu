@@ -52,14 +52,37 @@ constexpr int kRowThreads = 1024;
 __device__ inline float Load(const float* p, int64_t i) { return p[i]; }
 __device__ inline float Load(const __nv_bfloat16* p, int64_t i) { return __bfloat162float(p[i]); }
 
-// Sum over the block; every thread gets the result. `red` holds blockDim.x / 32 floats.
-__device__ float BlockSum(float v, float* red) {
+// Programmatic dependent launch (sm_90; Impl::Launch, set_pdl): a kernel may be launched
+// while the one before it in the stream still runs. WaitForPrevious blocks until that
+// kernel has finished and its writes are visible (everything a kernel reads or writes,
+// except weights, comes after it); LetNextStart then lets the next kernel's blocks be
+// scheduled, so that its launch (and MmaKernel's first weight loads) overlap this kernel.
+// Both are no-ops for a kernel launched without the attribute.
+__device__ inline void WaitForPrevious() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ inline void LetNextStart() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+// Both, for kernels with nothing to do before the previous one ends.
+__device__ inline void AfterPrevious() {
+  WaitForPrevious();
+  LetNextStart();
+}
+
+// Sum over the block; every thread gets the result. `red` holds blockDim.x / 32 values.
+template <typename T>
+__device__ T BlockSum(T v, T* red) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
   __syncthreads();  // `red` may still be read by a previous reduction
   if (lane == 0) red[warp] = v;
   __syncthreads();
-  float t = 0.0f;
+  T t = 0;
   for (int w = 0; w < warps; ++w) t += red[w];
   return t;
 }
@@ -78,6 +101,7 @@ __device__ float BlockMax(float v, float* red) {
 // e[r] = wte[tokens[r]] * scale. One block per row.
 template <typename W>
 __global__ void EmbedKernel(const int32_t* tokens, const W* wte, int64_t d, float scale, float* e) {
+  AfterPrevious();
   const int64_t r = blockIdx.x;
   const W* src = wte + static_cast<int64_t>(tokens[r]) * d;
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x) e[r * d + j] = Load(src, j) * scale;
@@ -103,6 +127,7 @@ __device__ float AddAndRmsScale(float* xr, const float* yr, int64_t d, float eps
 // elements it read). With `add`, x[r] + y[r] is also the normalised input. One block per row.
 __global__ void __launch_bounds__(kRowThreads)
     RmsNormKernel(float* x, const float* y, const float* w, int64_t d, float eps, float* out) {
+  AfterPrevious();
   __shared__ float red[kRowThreads / 32];
   const int64_t r = blockIdx.x;
   float* xr = x + r * d;
@@ -117,6 +142,7 @@ __global__ void __launch_bounds__(kRowThreads)
 __global__ void __launch_bounds__(kRowThreads)
     RmsNorm2Kernel(float* x, const float* y, const float* wa, const float* wb, int64_t d, float eps,
                    float* h) {
+  AfterPrevious();
   __shared__ float red[kRowThreads / 32];
   const int64_t r = blockIdx.x;
   float* xr = x + r * d;
@@ -135,6 +161,7 @@ __global__ void __launch_bounds__(kRowThreads)
 
 // Copies f32 rows into a contiguous block: y[r, j] = x[r * ldx + j].
 __global__ void CompactKernel(const float* x, int64_t n, int64_t cols, int64_t ldx, float* y) {
+  AfterPrevious();
   const int64_t total = n * cols;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -148,6 +175,7 @@ __global__ void CompactKernel(const float* x, int64_t n, int64_t cols, int64_t l
 // that the CPU executor computes.
 __global__ void SplitBf16Kernel(const float* x, int64_t n, int64_t cols, int64_t ldx,
                                 __nv_bfloat16* y) {
+  AfterPrevious();
   const int64_t total = n * cols;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -162,6 +190,7 @@ __global__ void SplitBf16Kernel(const float* x, int64_t n, int64_t cols, int64_t
 // the two halves of a split product added. parts: [2n, out].
 __global__ void FoldKernel(const float* parts, int64_t n, int64_t out, float* y, int64_t ldy,
                            int accumulate) {
+  AfterPrevious();
   const int64_t total = n * out;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -197,7 +226,7 @@ constexpr int64_t kGemvMaxN = 8;
 // warps in index order), so a row's result does not depend on N, R or the launch.
 // Columns from k1 on read their inputs from x2 (the adapter's [s, e] without the
 // concatenation; x2 = null and k1 = k otherwise).
-// Needs k, k1, ldw % 8 == 0, ldx % 4 == 0, and W, x, x2 16-byte aligned (GemvFits).
+// Needs k, k1, ldw % 8 == 0, ldx % 4 == 0, and W, x, x2 16-byte aligned (PathFor).
 template <int N, int R>
 __global__ void __launch_bounds__(kThreads)
     GemvKernel(const __nv_bfloat16* __restrict__ w, int64_t ldw, int64_t rows, int64_t k,
@@ -211,6 +240,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int n = 0; n < N; ++n) acc[i][n] = 0.0f;
   }
+  AfterPrevious();
   for (int64_t j = static_cast<int64_t>(threadIdx.x) * 8; j < k; j += kThreads * 8) {
     uint4 wv[R];
 #pragma unroll
@@ -248,8 +278,179 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// ---- tensor-core products of a few rows ---------------------------------------------------
+//
+// MmaKernel: y[n, o] (row stride ldy) = sum_j x[n, j] W[o, j] (+ y when accumulate) for up to
+// 32 input rows, bf16 weights and f32 inputs, on the tensor cores (mma.sync m16n8k16, f32
+// accumulation). Each input value is split into hi = bf16(x) and lo = bf16(x - hi) (about
+// 16 significant bits, as the cuBLAS path's two parts) and both parts are multiplied with
+// the same weight fragment into one accumulator, so the weights are read once.
+//
+// Like GemvKernel it is bound by reading W, and what limits it is the inputs' traffic
+// beside it: a block owns a tile of 64 output rows (16 per warp) and a range of k, so the
+// x columns it reads serve 64 rows, and its four warps read the same x columns (from L1
+// after the first). Thread (g, t) streams 16 bytes of each of its two weight rows per
+// 32-column chunk straight into its A fragments (the columns' order inside a chunk is
+// permuted the same way in A and B, which leaves the sums as they are). When k is split
+// over gridDim.y blocks, each writes its partial tile to `ws` and the last to finish adds
+// the partials in split order, so a row's result depends only on the product's shape,
+// never on n, the other rows, or the order the blocks ran in. Columns from k1 on read
+// their inputs from x2. Needs k, k1 % 32 == 0, ldw % 8 == 0, ldx % 4 == 0, and W, x, x2
+// 16-byte aligned (PathFor); `done` (one counter per row tile) starts at zero and is left so.
+constexpr int kMmaWarps = 4;
+constexpr int64_t kMmaTileRows = 16 * kMmaWarps;
+constexpr int64_t kMmaMaxN = 32;
+constexpr int64_t kMmaMaxSplits = 16;
+
+// Two f32 values as a bf16x2 register: `first` in the low half (the lower-indexed element
+// of an mma fragment pair).
+__device__ inline uint32_t PackBf16x2(float first, float second) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(first, second);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// c += A(16x16, row) . B(16x8, col), bf16 inputs, f32 accumulators.
+__device__ inline void Mma16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// NT tiles of 8 input rows. Grid: (row tiles, k splits of `split_chunks` chunks each).
+template <int NT>
+__global__ void __launch_bounds__(kMmaWarps * 32)
+    MmaKernel(const __nv_bfloat16* __restrict__ w, int64_t ldw, int64_t rows, int64_t k,
+              const float* __restrict__ x, int64_t ldx, const float* __restrict__ x2, int64_t k1,
+              int n, float* __restrict__ y, int64_t ldy, int accumulate, int64_t split_chunks,
+              float* __restrict__ ws, unsigned* __restrict__ done) {
+  constexpr int U = NT <= 2 ? 4 : 2;  // chunks whose weights a warp loads before using them
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int g = lane / 4, t = lane % 4;  // the fragments' group and thread-in-group
+  const int64_t ob = static_cast<int64_t>(blockIdx.x) * kMmaTileRows + warp * 16;
+  // Thread (g, t) reads weight rows g and g + 8 of its warp's 16, columns [8t, 8t + 8) of
+  // each chunk: words 0-1 are its A fragment for the chunk's first k16 step, words 2-3 for
+  // the second. Rows past the end are read clamped and their sums dropped.
+  const __nv_bfloat16* w0 = w + (ob + g < rows ? ob + g : rows - 1) * ldw + 8 * t;
+  const __nv_bfloat16* w8 = w + (ob + g + 8 < rows ? ob + g + 8 : rows - 1) * ldw + 8 * t;
+  float acc[NT][4];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[nt][i] = 0.0f;
+  }
+  const int64_t c_begin = static_cast<int64_t>(blockIdx.y) * split_chunks;
+  const int64_t c_end = min(k / 32, c_begin + split_chunks);
+  // Weights of U chunks from c0 (the group after the one being multiplied is in flight;
+  // the first is loaded before the previous kernel has ended).
+  uint4 a0[U] = {}, a8[U] = {};
+  auto load = [&](int64_t c0, uint4(&r0)[U], uint4(&r8)[U]) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (c0 + u < c_end) {
+        r0[u] = __ldcs(reinterpret_cast<const uint4*>(w0 + (c0 + u) * 32));
+        r8[u] = __ldcs(reinterpret_cast<const uint4*>(w8 + (c0 + u) * 32));
+      }
+    }
+  };
+  load(c_begin, a0, a8);
+  AfterPrevious();
+  for (int64_t c0 = c_begin; c0 < c_end; c0 += U) {
+    uint4 n0[U] = {}, n8[U] = {};
+    load(c0 + U, n0, n8);
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t c = c0 + u;
+      if (c >= c_end) break;
+      // B fragments: thread (g, t) holds input row 8 nt + g, columns [8t, 8t + 8) of the
+      // chunk, the same columns as its A words, as hi and lo parts.
+      const int64_t col = c * 32 + 8 * t;
+      const float* xs = col < k1 ? x + col : x2 + (col - k1);
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const int r = nt * 8 + g;
+        float v[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        if (r < n) {
+          const float4 p = __ldg(reinterpret_cast<const float4*>(xs + r * ldx));
+          const float4 q = __ldg(reinterpret_cast<const float4*>(xs + r * ldx + 4));
+          v[0] = p.x, v[1] = p.y, v[2] = p.z, v[3] = p.w;
+          v[4] = q.x, v[5] = q.y, v[6] = q.z, v[7] = q.w;
+        }
+        uint32_t bh[4], bl[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const float h0 = __bfloat162float(__float2bfloat16(v[2 * i]));
+          const float h1 = __bfloat162float(__float2bfloat16(v[2 * i + 1]));
+          bh[i] = PackBf16x2(h0, h1);
+          bl[i] = PackBf16x2(v[2 * i] - h0, v[2 * i + 1] - h1);
+        }
+        Mma16816(acc[nt], a0[u].x, a8[u].x, a0[u].y, a8[u].y, bh[0], bh[1]);
+        Mma16816(acc[nt], a0[u].x, a8[u].x, a0[u].y, a8[u].y, bl[0], bl[1]);
+        Mma16816(acc[nt], a0[u].z, a8[u].z, a0[u].w, a8[u].w, bh[2], bh[3]);
+        Mma16816(acc[nt], a0[u].z, a8[u].z, a0[u].w, a8[u].w, bl[2], bl[3]);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      a0[u] = n0[u];
+      a8[u] = n8[u];
+    }
+  }
+  // Accumulator i of lane (g, t) in n-tile nt: output row ob + g (+ 8 for i >= 2), input
+  // row 8 nt + 2t + (i & 1).
+  auto out_row = [&](int i) { return ob + g + (i >= 2 ? 8 : 0); };
+  auto in_row = [&](int nt, int i) { return nt * 8 + 2 * t + (i & 1); };
+  auto store = [&](int64_t o, int r, float v) {
+    float* dst = y + r * ldy + o;
+    *dst = accumulate ? *dst + v : v;
+  };
+  if (gridDim.y == 1) {
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        if (out_row(i) < rows && in_row(nt, i) < n) store(out_row(i), in_row(nt, i), acc[nt][i]);
+      }
+    }
+    return;
+  }
+  // Split k: partial tiles to ws [splits, n, rows]; the last block of the tile adds them.
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      if (out_row(i) < rows && in_row(nt, i) < n) {
+        ws[(blockIdx.y * static_cast<int64_t>(n) + in_row(nt, i)) * rows + out_row(i)] = acc[nt][i];
+      }
+    }
+  }
+  __threadfence();
+  __syncthreads();
+  __shared__ bool last;
+  if (threadIdx.x == 0) last = atomicAdd(&done[blockIdx.x], 1u) == gridDim.y - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int64_t o = out_row(i);
+      const int r = in_row(nt, i);
+      if (o >= rows || r >= n) continue;
+      float sum = 0.0f;
+      for (unsigned q = 0; q < gridDim.y; ++q)
+        sum += __ldcg(ws + (q * static_cast<int64_t>(n) + r) * rows + o);
+      store(o, r, sum);
+    }
+  }
+  if (threadIdx.x == 0) done[blockIdx.x] = 0;  // ready for the next product
+}
+
 // A pattern for timing inputs (never zeros): x[i] = sin(i * 0.37) * 0.5.
 __global__ void PatternKernel(float* x, int64_t total) {
+  AfterPrevious();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     x[i] = 0.5f * sinf(static_cast<float>(i % 100003) * 0.37f);
@@ -262,6 +463,7 @@ __global__ void __launch_bounds__(kRowThreads)
     RopeStoreKernel(float* qkv, const float* bias, const float* cos_t, const float* sin_t,
                     const int32_t* positions, float* const* kdst, float* const* vdst, int64_t d,
                     int64_t hd) {
+  AfterPrevious();
   const int64_t r = blockIdx.x;
   float* q = qkv + r * 3 * d;
   float* k = q + d;
@@ -309,6 +511,7 @@ __global__ void AttentionKernel(const float* qkv, const int32_t* row_table,
                                 const int32_t* row_visible, const float* const* kp,
                                 const float* const* vp, int64_t d, int64_t hd, float scale,
                                 float* out) {
+  AfterPrevious();
   extern __shared__ float smem[];
   float* red = smem;                   // kWarps
   float* part = smem + kWarps;         // kWarps x hd
@@ -353,6 +556,7 @@ __global__ void AttentionKernel(const float* qkv, const int32_t* row_table,
 
 // g[r, j] = silu(f[r, j]) * f[r, ffn + j]; f: [N, 2 ffn], g: [N, ffn].
 __global__ void SiluGateKernel(const float* f, int64_t n, int64_t ffn, float* g) {
+  AfterPrevious();
   const int64_t total = n * ffn;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -362,8 +566,111 @@ __global__ void SiluGateKernel(const float* f, int64_t n, int64_t ffn, float* g)
   }
 }
 
+// ---- exit signals of logit rules -------------------------------------------------------
+
+// One row of a logit check (CodaChecks): the rule, and the sequence's previous check's
+// log-probabilities (kl, minp-kl; null for the other rules) with whether there was one.
+struct RowCheck {
+  double* prev;
+  int32_t rule;  // a policy::ExitRule
+  int32_t has_prev;
+};
+
+// The value of a logit rule on one row of logits (its first `vocab` entries), in double as
+// policy::SignalTracker computes it on the host: kl and minp-kl against `prev` (or the
+// uniform distribution), which then receives this row's log-probabilities; the entropy (the
+// host takes the difference); the argmax (first on ties), as a double. One block per row
+// (kRowThreads). Sums run in a different order than the host's, so values agree to double
+// rounding.
+__global__ void __launch_bounds__(kRowThreads)
+    LogitSignalKernel(const float* logits, int64_t ld, int64_t vocab, const RowCheck* checks,
+                      double min_p, double* out) {
+  AfterPrevious();
+  __shared__ double red[kRowThreads / 32];
+  __shared__ float best_v[kRowThreads / 32];
+  __shared__ int64_t best_i[kRowThreads / 32];
+  const int64_t r = blockIdx.x;
+  const RowCheck c = checks[r];
+  const float* x = logits + r * ld;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  // max and its first index
+  float m = -INFINITY;
+  int64_t mi = vocab;
+  for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
+    if (x[i] > m) {
+      m = x[i];
+      mi = i;
+    }
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, m, o);
+    const int64_t oi = __shfl_xor_sync(0xffffffffu, mi, o);
+    if (ov > m || (ov == m && oi < mi)) {
+      m = ov;
+      mi = oi;
+    }
+  }
+  if (lane == 0) {
+    best_v[warp] = m;
+    best_i[warp] = mi;
+  }
+  __syncthreads();
+  m = best_v[0];
+  mi = best_i[0];
+  for (int w = 1; w < static_cast<int>(blockDim.x / 32); ++w) {
+    if (best_v[w] > m || (best_v[w] == m && best_i[w] < mi)) {
+      m = best_v[w];
+      mi = best_i[w];
+    }
+  }
+  const auto rule = static_cast<policy::ExitRule>(c.rule);
+  if (rule == policy::ExitRule::kArgmaxStability) {
+    if (threadIdx.x == 0) out[r] = static_cast<double>(mi);
+    return;
+  }
+  const double mx = m;
+  double sum = 0.0;
+  for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x)
+    sum += exp(static_cast<double>(x[i]) - mx);
+  const double log_norm = mx + log(BlockSum(sum, red));
+  double value = 0.0;
+  if (rule == policy::ExitRule::kEntropyDiff) {
+    for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
+      const double lp = static_cast<double>(x[i]) - log_norm;
+      if (lp != -INFINITY) value -= exp(lp) * lp;
+    }
+  } else {
+    const double uniform = -log(static_cast<double>(vocab));
+    const bool minp = rule == policy::ExitRule::kMinpKl;
+    // min-p: probabilities below min_p * max(p) become 1 / vocab, then all renormalised.
+    const double cut = min_p * exp(mx - log_norm), fill = 1.0 / static_cast<double>(vocab);
+    double norm = 0.0;
+    if (minp) {
+      double kept = 0.0;
+      for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
+        const double p = exp(static_cast<double>(x[i]) - log_norm);
+        kept += p < cut ? fill : p;
+      }
+      norm = BlockSum(kept, red);
+    }
+    for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
+      double lp = static_cast<double>(x[i]) - log_norm;
+      if (minp) {
+        const double p = exp(lp);
+        lp = log((p < cut ? fill : p) / norm);
+      }
+      const double prev = c.has_prev ? c.prev[i] : uniform;
+      if (prev != -INFINITY) value += exp(prev) * (prev - lp);
+      c.prev[i] = lp;
+    }
+  }
+  value = BlockSum(value, red);
+  if (threadIdx.x == 0) out[r] = value;
+}
+
 // out[b] = x[rows[b]]; rows of d floats.
 __global__ void GatherRowsKernel(const float* x, const int32_t* rows, int64_t d, float* out) {
+  AfterPrevious();
   const int64_t b = blockIdx.x;
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x) out[b * d + j] = x[rows[b] * d + j];
 }
@@ -459,6 +766,68 @@ struct DeviceBlock {
   DeviceMatrix wqkv, attn_proj, mlp_fc, mlp_proj;
 };
 
+// Device buffers of `vocab` doubles for the previous log-probabilities of logit checks,
+// one per sequence, kept for reuse (a cudaFree would stall the device) and freed with the
+// last history or model that holds the pool.
+class HistoryPool {
+ public:
+  HistoryPool(int device, int64_t vocab) : device_(device), vocab_(vocab) {}
+  ~HistoryPool() {
+    cudaSetDevice(device_);
+    for (double* p : all_) cudaFree(p);
+  }
+  double* Get() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!free_.empty()) {
+      double* p = free_.back();
+      free_.pop_back();
+      return p;
+    }
+    PONDER_CUDA_CHECK(cudaSetDevice(device_));
+    void* p = nullptr;
+    PONDER_CUDA_CHECK(cudaMalloc(&p, vocab_ * sizeof(double)));
+    all_.push_back(static_cast<double*>(p));
+    return all_.back();
+  }
+  void Put(double* p) {
+    std::lock_guard<std::mutex> lock(mu_);
+    free_.push_back(p);
+  }
+
+ private:
+  int device_;
+  int64_t vocab_;
+  std::mutex mu_;
+  std::vector<double*> all_, free_;
+};
+
+// A sequence's logit history on this backend: on the device (the previous check's
+// log-probabilities in a pool buffer, taken at its first kl or minp-kl check; the previous
+// entropy on the host), or, with device signals off, the host tracker's.
+class CudaLogitHistory : public TrackedLogitHistory {
+ public:
+  explicit CudaLogitHistory(std::shared_ptr<HistoryPool> pool) : pool_(std::move(pool)) {}
+  ~CudaLogitHistory() override {
+    if (prev != nullptr) pool_->Put(prev);
+  }
+  void Reset() override {
+    TrackedLogitHistory::Reset();
+    has_prev = false;
+    prev_entropy = 100.0;
+  }
+  double* Buffer() {
+    if (prev == nullptr) prev = pool_->Get();
+    return prev;
+  }
+
+  double* prev = nullptr;
+  bool has_prev = false;
+  double prev_entropy = 100.0;
+
+ private:
+  std::shared_ptr<HistoryPool> pool_;
+};
+
 }  // namespace
 
 struct CudaModel::Impl {
@@ -497,6 +866,16 @@ struct CudaModel::Impl {
   bool e_valid = false;
   int64_t gemv_max_rows = kGemvDefaultRows;
   int gemv_block_rows = 4;  // output rows per GemvKernel block: 4 or 8
+  int64_t mma_max_rows = kMmaDefaultRows;
+  // Logit checks (CodaChecks): on the device, or on the host from downloaded logits.
+  bool device_signals = false;
+  std::shared_ptr<HistoryPool> histories;
+  DeviceBuffer<unsigned char> check_rows;  // the RowCheck of each row
+  DeviceBuffer<double> check_out;
+  bool checks_on_host = true;       // the last CodaChecks ran the host computation
+  DeviceBuffer<float> mma_ws;       // MmaKernel's partial tiles
+  DeviceBuffer<unsigned> mma_done;  // MmaKernel's counters, one per row tile
+  int64_t sm_count = 132;
   DeviceBuffer<int32_t> tokens;
   DeviceBuffer<unsigned char> table;  // per-call row tables (positions, KV row pointers)
   unsigned char* table_dev = nullptr;
@@ -576,21 +955,121 @@ struct CudaModel::Impl {
 
   size_t TypeSize() const { return bf16 ? 2 : 4; }
 
-  // The products of a few rows run in GemvKernel when it fits (bf16 weights, aligned).
-  bool GemvFits(const float* x, int64_t n, int64_t ldx, const DeviceMatrix& w, int64_t col0,
-                int64_t k) const {
-    if (!GemvRows(n)) return false;
-    const auto* wp = static_cast<const __nv_bfloat16*>(w.ptr) + col0;
-    return k % 8 == 0 && w.cols % 8 == 0 && ldx % 4 == 0 &&
-           reinterpret_cast<uintptr_t>(wp) % 16 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
+  // Programmatic dependent launch between this backend's kernels (set_pdl; off while
+  // profiling, whose events sit between the kernels).
+  bool pdl = false;
+
+  // Launches `kernel` on the stream, with programmatic dependent launch when it is on
+  // (every kernel of this file waits for the previous one before touching activations:
+  // WaitForPrevious).
+  template <typename... P, typename... A>
+  void Launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, A... args) {
+    cudaLaunchConfig_t cfg{};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = pdl && !profiling ? 1 : 0;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    PONDER_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, static_cast<P>(args)...));
   }
 
-  // Every product of a core step of n rows runs in GemvKernel (scratch buffers come from
-  // cudaMalloc, aligned for it).
-  bool AllGemv(int64_t n) const { return GemvRows(n) && d % 8 == 0 && ffn_dim % 8 == 0; }
+  // Which kernel computes a product of n input rows: GemvKernel (up to gemv_max_rows rows),
+  // MmaKernel (up to mma_max_rows) or cuBLAS (more, f32 weights, or shapes the own kernels
+  // do not take). The own kernels need bf16 weights and 16-byte aligned rows (scratch
+  // buffers come from cudaMalloc); MmaKernel also whole 32-column chunks (k, k1).
+  enum class Path { kGemv, kMma, kBlas };
+  Path PathFor(const float* x, int64_t n, int64_t ldx, const DeviceMatrix& w, int64_t col0,
+               int64_t k, int64_t k1) const {
+    const auto* wp = static_cast<const __nv_bfloat16*>(w.ptr) + col0;
+    const bool aligned = bf16 && k % 8 == 0 && k1 % 8 == 0 && w.cols % 8 == 0 && ldx % 4 == 0 &&
+                         reinterpret_cast<uintptr_t>(wp) % 16 == 0 &&
+                         reinterpret_cast<uintptr_t>(x) % 16 == 0;
+    if (aligned && GemvRows(n)) return Path::kGemv;
+    if (aligned && MmaRows(n) && k % 32 == 0 && k1 % 32 == 0) return Path::kMma;
+    return Path::kBlas;
+  }
 
-  // Products of n input rows may run in GemvKernel (bf16 weights, few enough rows).
+  // Every product of a core step of n rows runs in an own kernel (the condition of a CUDA
+  // graph of the step).
+  bool AllOwn(int64_t n) const {
+    return (GemvRows(n) && d % 8 == 0 && ffn_dim % 8 == 0) ||
+           (MmaRows(n) && d % 32 == 0 && ffn_dim % 32 == 0);
+  }
+
   bool GemvRows(int64_t n) const { return bf16 && n >= 1 && n <= gemv_max_rows && n <= kGemvMaxN; }
+  bool MmaRows(int64_t n) const { return bf16 && n >= 1 && n <= mma_max_rows && n <= kMmaMaxN; }
+
+  // How MmaKernel splits k for a product of `rows` outputs over k columns: enough blocks
+  // to keep every multiprocessor streaming (about 4 each), at least 8 chunks per split.
+  // Returns the chunks per split; *splits receives their number.
+  int64_t MmaSplit(int64_t rows, int64_t k, int64_t* splits) const {
+    const int64_t tiles = (rows + kMmaTileRows - 1) / kMmaTileRows;
+    const int64_t chunks = k / 32;
+    int64_t want = (4 * sm_count + tiles - 1) / tiles;
+    want = std::clamp<int64_t>(want, 1,
+                               std::min<int64_t>(kMmaMaxSplits, std::max<int64_t>(1, chunks / 8)));
+    const int64_t per = (chunks + want - 1) / want;
+    *splits = (chunks + per - 1) / per;
+    return per;
+  }
+
+  // Floats of MmaKernel's partial tiles for n input rows of a product.
+  size_t MmaWorkspace(int64_t n, int64_t rows, int64_t k) const {
+    int64_t splits = 1;
+    MmaSplit(rows, k, &splits);
+    return splits > 1 ? static_cast<size_t>(splits * n * rows) : 0;
+  }
+
+  // The partial-tile workspace for the products of a core step of n rows, grown before a
+  // step is captured in a graph.
+  float* MmaStepWorkspace(int64_t n) {
+    const size_t need =
+        std::max({MmaWorkspace(n, d, 2 * d), MmaWorkspace(n, 3 * d, d), MmaWorkspace(n, d, d),
+                  MmaWorkspace(n, 2 * ffn_dim, d), MmaWorkspace(n, d, ffn_dim), size_t{1}});
+    return mma_ws.Get(need);
+  }
+
+  // MmaKernel for n (<= kMmaMaxN) rows, as Gemv.
+  void Mma(int64_t n, const DeviceMatrix& w, int64_t col0, int64_t rows, int64_t k, const float* x,
+           int64_t ldx, const float* x2, int64_t k1, float* y, int64_t ldy, bool accumulate) {
+    const auto* wp = static_cast<const __nv_bfloat16*>(w.ptr) + col0;
+    const int acc = accumulate ? 1 : 0;
+    const int nn = static_cast<int>(n);
+    int64_t splits = 1;
+    const int64_t per = MmaSplit(rows, k, &splits);
+    const int64_t tiles = (rows + kMmaTileRows - 1) / kMmaTileRows;
+    float* ws = mma_ws.Get(std::max<size_t>(MmaWorkspace(n, rows, k), 1));
+    unsigned* done = MmaCounters(tiles);
+    const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(splits));
+    constexpr unsigned threads = kMmaWarps * 32;
+    switch ((n + 7) / 8) {
+#define PONDER_MMA_CASE(NT)                                                                        \
+  case NT:                                                                                         \
+    Launch(MmaKernel<NT>, grid, dim3(threads), 0, wp, w.cols, rows, k, x, ldx, x2, k1, nn, y, ldy, \
+           acc, per, ws, done);                                                                    \
+    return;
+      PONDER_MMA_CASE(1)
+      PONDER_MMA_CASE(2)
+      PONDER_MMA_CASE(3)
+      PONDER_MMA_CASE(4)
+#undef PONDER_MMA_CASE
+      default:
+        Die("Mma", "more rows than kMmaMaxN", __FILE__, __LINE__);
+    }
+  }
+
+  // MmaKernel's per-tile counters (zero between products), at least `tiles` of them.
+  unsigned* MmaCounters(int64_t tiles) {
+    if (static_cast<size_t>(tiles) > mma_done.size) {
+      unsigned* p = mma_done.Get(static_cast<size_t>(tiles));
+      PONDER_CUDA_CHECK(cudaMemsetAsync(p, 0, mma_done.size * sizeof(unsigned), stream));
+    }
+    return mma_done.ptr;
+  }
 
   template <int N>
   void LaunchGemv(const __nv_bfloat16* wp, int64_t ldw, int64_t rows, int64_t k, const float* x,
@@ -599,12 +1078,12 @@ struct CudaModel::Impl {
     const int acc = accumulate ? 1 : 0;
     if (gemv_block_rows == 4) {
       const auto blocks = static_cast<unsigned>((rows + 3) / 4);
-      GemvKernel<N, 4>
-          <<<blocks, kThreads, 0, stream>>>(wp, ldw, rows, k, x, ldx, x2, k1, y, ldy, acc);
+      Launch(GemvKernel<N, 4>, dim3(blocks), dim3(kThreads), 0, wp, ldw, rows, k, x, ldx, x2, k1, y,
+             ldy, acc);
     } else {
       const auto blocks = static_cast<unsigned>((rows + 7) / 8);
-      GemvKernel<N, 8>
-          <<<blocks, kThreads, 0, stream>>>(wp, ldw, rows, k, x, ldx, x2, k1, y, ldy, acc);
+      Launch(GemvKernel<N, 8>, dim3(blocks), dim3(kThreads), 0, wp, ldw, rows, k, x, ldx, x2, k1, y,
+             ldy, acc);
     }
   }
 
@@ -639,9 +1118,13 @@ struct CudaModel::Impl {
                int64_t k, float* y, int64_t ldy, bool accumulate) {
     const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
     const auto* wp = static_cast<const unsigned char*>(w.ptr) + col0 * TypeSize();
-    if (GemvFits(x, n, ldx, w, col0, k)) {
-      Gemv(n, w, col0, w.rows, k, x, ldx, nullptr, k, y, ldy, accumulate);
-      return;
+    switch (PathFor(x, n, ldx, w, col0, k, k)) {
+      case Path::kGemv:
+        return Gemv(n, w, col0, w.rows, k, x, ldx, nullptr, k, y, ldy, accumulate);
+      case Path::kMma:
+        return Mma(n, w, col0, w.rows, k, x, ldx, nullptr, k, y, ldy, accumulate);
+      case Path::kBlas:
+        break;
     }
     // Column-major view: C[out, m] = A^T[out, k] B[k, m], A = W^T stored [cols, rows].
     auto gemm = [&](const void* xs, int64_t m, cudaDataType type, float* out, int64_t ldo,
@@ -656,26 +1139,31 @@ struct CudaModel::Impl {
       const float* xs = x;
       if (ldx != k) {
         float* c = reinterpret_cast<float*>(stage.Get(static_cast<size_t>(n * k) * 4));
-        CompactKernel<<<Blocks(n * k), kThreads, 0, stream>>>(x, n, k, ldx, c);
+        Launch(CompactKernel, dim3(Blocks(n * k)), dim3(kThreads), 0, x, n, k, ldx, c);
         xs = c;
       }
       gemm(xs, n, CUDA_R_32F, y, ldy, &beta);
       return;
     }
     auto* xs = reinterpret_cast<__nv_bfloat16*>(stage.Get(static_cast<size_t>(2 * n * k) * 2));
-    SplitBf16Kernel<<<Blocks(n * k), kThreads, 0, stream>>>(x, n, k, ldx, xs);
+    Launch(SplitBf16Kernel, dim3(Blocks(n * k)), dim3(kThreads), 0, x, n, k, ldx, xs);
     const float zero = 0.0f;
     float* p = parts.Get(2 * n * w.rows);
     gemm(xs, 2 * n, CUDA_R_16BF, p, w.rows, &zero);
-    FoldKernel<<<Blocks(n * w.rows), kThreads, 0, stream>>>(p, n, w.rows, y, ldy,
-                                                            accumulate ? 1 : 0);
+    Launch(FoldKernel, dim3(Blocks(n * w.rows)), dim3(kThreads), 0, p, n, w.rows, y, ldy,
+           accumulate ? 1 : 0);
   }
 
-  // xd [n, d] = adapter . [s, e] without the concatenation: one GemvKernel over both
+  // xd [n, d] = adapter . [s, e] without the concatenation: one own kernel over both
   // halves, or two products into the same output.
   void Adapter(const float* sd, const float* ed, int64_t n, float* xd) {
-    if (GemvFits(sd, n, d, adapter, 0, 2 * d) && GemvFits(ed, n, d, adapter, 0, d)) {
-      Gemv(n, adapter, 0, d, 2 * d, sd, d, ed, d, xd, d, false);
+    const Path path = PathFor(sd, n, d, adapter, 0, 2 * d, d);
+    if (path != Path::kBlas && PathFor(ed, n, d, adapter, 0, 2 * d, d) == path) {
+      if (path == Path::kGemv) {
+        Gemv(n, adapter, 0, d, 2 * d, sd, d, ed, d, xd, d, false);
+      } else {
+        Mma(n, adapter, 0, d, 2 * d, sd, d, ed, d, xd, d, false);
+      }
     } else {
       Product(sd, n, d, adapter, 0, d, xd, d, false);
       Product(ed, n, d, adapter, d, d, xd, d, true);
@@ -689,7 +1177,7 @@ struct CudaModel::Impl {
     float* fb = ffn.Get(n * 2 * ffn_dim);
     Lin(hb, n, d, w.mlp_fc, fb, 2 * ffn_dim);
     Mark("mlp_fc");
-    SiluGateKernel<<<Blocks(n * ffn_dim), kThreads, 0, stream>>>(fb, n, ffn_dim, gb);
+    Launch(SiluGateKernel, dim3(Blocks(n * ffn_dim)), dim3(kThreads), 0, fb, n, ffn_dim, gb);
     Mark("silu");
   }
 
@@ -829,31 +1317,32 @@ struct CudaModel::Impl {
     float* tmpb = tmp.Get(n * d);
     // x = norm_2(x + attn(norm_1(x)))
     if (!normed) {
-      RmsNormKernel<<<n, kRowThreads, 0, stream>>>(xd, nullptr, w.norm_1, d, eps, hb);
+      Launch(RmsNormKernel, dim3(n), dim3(kRowThreads), 0, xd, nullptr, w.norm_1, d, eps, hb);
       Mark("norm");
     }
     Lin(hb, n, d, w.wqkv, qkvb, 3 * d);
     Mark("qkv");
-    RopeStoreKernel<<<n, kRowThreads, 0, stream>>>(qkvb, w.qk_bias, rope_cos, rope_sin,
-                                                   tab.positions, tab.kdst, tab.vdst, d, hd);
+    Launch(RopeStoreKernel, dim3(n), dim3(kRowThreads), 0, qkvb, w.qk_bias, rope_cos, rope_sin,
+           tab.positions, tab.kdst, tab.vdst, d, hd);
     Mark("rope");
-    AttentionKernel<<<dim3(n, heads), kThreads, AttentionSmem(hd, tab.max_visible), stream>>>(
-        qkvb, tab.row_table, tab.row_visible, tab.kp, tab.vp, d, hd,
-        1.0f / std::sqrt(static_cast<float>(hd)), attnb);
+    Launch(AttentionKernel, dim3(n, heads), dim3(kThreads), AttentionSmem(hd, tab.max_visible),
+           qkvb, tab.row_table, tab.row_visible, tab.kp, tab.vp, d, hd,
+           1.0f / std::sqrt(static_cast<float>(hd)), attnb);
     Mark("attention");
     Lin(attnb, n, d, w.attn_proj, tmpb, d);
     Mark("attn_proj");
     // then norm_3 of it: x = norm_4(x + mlp(norm_3(x))), mlp = proj(silu(gate) * up)
-    RmsNorm2Kernel<<<n, kRowThreads, 0, stream>>>(xd, tmpb, w.norm_2, w.norm_3, d, eps, hb);
+    Launch(RmsNorm2Kernel, dim3(n), dim3(kRowThreads), 0, xd, tmpb, w.norm_2, w.norm_3, d, eps, hb);
     Mark("norm");
     float* gb = gate.Get(n * ffn_dim);
     MlpIn(hb, n, w, gb);
     Lin(gb, n, ffn_dim, w.mlp_proj, tmpb, d);
     Mark("mlp_proj");
     if (next != nullptr) {
-      RmsNorm2Kernel<<<n, kRowThreads, 0, stream>>>(xd, tmpb, w.norm_4, next->norm_1, d, eps, hb);
+      Launch(RmsNorm2Kernel, dim3(n), dim3(kRowThreads), 0, xd, tmpb, w.norm_4, next->norm_1, d,
+             eps, hb);
     } else {
-      RmsNormKernel<<<n, kRowThreads, 0, stream>>>(xd, tmpb, w.norm_4, d, eps, xd);
+      Launch(RmsNormKernel, dim3(n), dim3(kRowThreads), 0, xd, tmpb, w.norm_4, d, eps, xd);
     }
     Mark("norm");
     PONDER_CUDA_CHECK(cudaGetLastError());
@@ -861,7 +1350,7 @@ struct CudaModel::Impl {
 
   // The blocks in order on x [N, d] in place, with their uploaded tables.
   void RunBlocks(int64_t n, const std::vector<DeviceBlock>& blocks,
-                 const std::vector<TableOffsets>& tables, float* xd, float eps) {
+                 std::span<const TableOffsets> tables, float* xd, float eps) {
     for (size_t l = 0; l < blocks.size(); ++l) {
       RunBlock(n, blocks[l], Resolve(tables[l]), xd, eps, l > 0,
                l + 1 < blocks.size() ? &blocks[l + 1] : nullptr);
@@ -899,8 +1388,8 @@ struct CudaModel::Impl {
     profile_ms.emplace_back(what, ms);
   }
 
-  // After the stream is synchronised: credits this CoreStep's stages.
-  void CollectProfile() {
+  // After the stream is synchronised: credits the stages of this call's `steps` core steps.
+  void CollectProfile(int64_t steps) {
     if (!profiling) return;
     float ms = 0.0f;
     if (last_end != nullptr && events_used > 0) {
@@ -913,7 +1402,7 @@ struct CudaModel::Impl {
     }
     if (last_end == nullptr) PONDER_CUDA_CHECK(cudaEventCreate(&last_end));
     if (events_used > 0) PONDER_CUDA_CHECK(cudaEventRecord(last_end, stream));
-    ++profile_steps;
+    profile_steps += steps;
     events_used = 0;
     profiling = false;
   }
@@ -1017,6 +1506,7 @@ Result<std::unique_ptr<Backend>> CudaModel::Create(const model::Config& config,
   im.info.sm_minor = prop.minor;
   im.info.memory_bytes = prop.totalGlobalMem;
   im.attn_smem_limit = prop.sharedMemPerBlockOptin;
+  im.sm_count = prop.multiProcessorCount;
   const size_t need = AttentionSmem(config.head_dim, config.block_size);
   if (need > 48 * 1024) {
     if (need > im.attn_smem_limit) {
@@ -1076,6 +1566,10 @@ Result<std::unique_ptr<Backend>> CudaModel::Create(const model::Config& config,
   for (const auto& b : weights.prelude) im.prelude.push_back(im.Block(b));
   for (const auto& b : weights.core) im.core.push_back(im.Block(b));
   for (const auto& b : weights.coda) im.coda.push_back(im.Block(b));
+  im.histories = std::make_shared<HistoryPool>(device, config.vocab_size);
+  // MmaKernel's counters for the widest product (the head), zeroed once.
+  im.MmaCounters((std::max({im.vocab, 2 * im.ffn_dim, 3 * im.d}) + kMmaTileRows - 1) /
+                 kMmaTileRows);
   std::vector<float> cos_t, sin_t;
   RopeTables(config, &cos_t, &sin_t);
   im.rope_cos = static_cast<const float*>(im.Upload(cos_t.data(), cos_t.size() * 4));
@@ -1105,11 +1599,11 @@ Status CudaModel::Prelude(std::span<const Chunk> chunks, std::span<const int32_t
   im.e_valid = false;  // CoreStep's embeddings are overwritten
   const auto scale = static_cast<float>(config_.embed_scale);
   if (im.bf16) {
-    EmbedKernel<<<n, kThreads, 0, im.stream>>>(tok, static_cast<const __nv_bfloat16*>(im.wte.ptr),
-                                               im.d, scale, ed);
+    im.Launch(EmbedKernel<__nv_bfloat16>, dim3(n), dim3(kThreads), 0, tok,
+              static_cast<const __nv_bfloat16*>(im.wte.ptr), im.d, scale, ed);
   } else {
-    EmbedKernel<<<n, kThreads, 0, im.stream>>>(tok, static_cast<const float*>(im.wte.ptr), im.d,
-                                               scale, ed);
+    im.Launch(EmbedKernel<float>, dim3(n), dim3(kThreads), 0, tok,
+              static_cast<const float*>(im.wte.ptr), im.d, scale, ed);
   }
   PONDER_CUDA_CHECK(cudaGetLastError());
   const auto tables = im.LayerTables(chunks, im.prelude.size(), nullptr, [&](size_t b, int64_t l) {
@@ -1124,10 +1618,15 @@ Status CudaModel::Prelude(std::span<const Chunk> chunks, std::span<const int32_t
 
 void CudaModel::CoreStep(std::span<const Chunk> chunks, std::span<const int64_t> iterations,
                          const float* e, float* s) {
+  CoreSteps(chunks, iterations, 1, e, s);
+}
+
+void CudaModel::CoreSteps(std::span<const Chunk> chunks, std::span<const int64_t> iterations,
+                          int64_t steps, const float* e, float* s) {
   Impl& im = *impl_;
   PONDER_CUDA_CHECK(cudaSetDevice(im.info.ordinal));
   const int64_t n = TotalRows(chunks);
-  if (n == 0) return;
+  if (n == 0 || steps < 1) return;
   const int64_t d = im.d;
   const size_t count = static_cast<size_t>(n * d), bytes = count * sizeof(float);
   im.profiling = im.profile;
@@ -1147,57 +1646,112 @@ void CudaModel::CoreStep(std::span<const Chunk> chunks, std::span<const int64_t>
     PONDER_CUDA_CHECK(
         cudaMemcpyAsync(im.state[in].Get(count), s, bytes, cudaMemcpyHostToDevice, im.stream));
   }
-  im.resident = -1;  // until this step's output has reached the host
-  const float* sd = im.state[in].ptr;
-  float* xd = im.state[1 - in].Get(count);
+  im.resident = -1;  // until this call's output has reached the host
+  // The steps alternate between the two state buffers; the last one's output goes home.
+  float* buf[2] = {im.state[0].Get(count), im.state[1].Get(count)};
+  const int last = (in + static_cast<int>(steps % 2)) % 2;
   float* out = im.state_out.Get(count);
   im.Mark("upload");
   const auto eps = static_cast<float>(config_.norm_eps);
-  auto slots = [&](size_t b, int64_t l) { return &chunks[b].cache->Core(iterations[b], l); };
-  if (!im.graphs || im.profile || !im.AllGemv(n)) {
-    im.Adapter(sd, ed, n, xd);  // while the host builds the tables
-    im.Mark("adapter");
-    const auto tables = im.LayerTables(chunks, im.core.size(), iterations.data(), slots);
-    im.Mark("tables");
-    im.RunBlocks(n, im.core, tables, xd, eps);
-    PONDER_CUDA_CHECK(cudaMemcpyAsync(out, xd, bytes, cudaMemcpyDeviceToHost, im.stream));
+  const size_t layers = im.core.size();
+  // Every step's tables at once, step-major: a step reads KV slots of its own iteration, and
+  // of past tokens only, whose depths are already recorded.
+  auto build_tables = [&](bool copy) {
+    im.host_table.clear();
+    std::vector<Impl::TableOffsets> tables;
+    std::vector<int64_t> its(iterations.begin(), iterations.end());
+    std::vector<KvSlot*> slots(chunks.size());
+    for (int64_t j = 0; j < steps; ++j) {
+      for (size_t l = 0; l < layers; ++l) {
+        for (size_t b = 0; b < chunks.size(); ++b) {
+          slots[b] = &chunks[b].cache->Core(its[b], static_cast<int64_t>(l));
+        }
+        tables.push_back(im.AppendTables(chunks, slots, its.data(), static_cast<int64_t>(l)));
+      }
+      for (int64_t& it : its) ++it;
+    }
+    im.UploadTables(copy);
+    return tables;
+  };
+  // The steps' kernels, reading the uploaded tables (the first adapter product may already
+  // be queued).
+  auto enqueue_steps = [&](const std::vector<Impl::TableOffsets>& tables, bool adapter_queued) {
+    int cur = in;
+    for (int64_t j = 0; j < steps; ++j) {
+      if (j > 0 || !adapter_queued) {
+        im.Adapter(buf[cur], ed, n, buf[1 - cur]);
+        im.Mark("adapter");
+      }
+      im.RunBlocks(n, im.core, std::span(tables).subspan(j * layers, layers), buf[1 - cur], eps);
+      cur = 1 - cur;
+    }
+    PONDER_CUDA_CHECK(cudaMemcpyAsync(out, buf[last], bytes, cudaMemcpyDeviceToHost, im.stream));
     im.Mark("download");
+  };
+  if (!im.graphs || im.profile || !im.AllOwn(n)) {
+    im.Adapter(buf[in], ed, n, buf[1 - in]);  // while the host builds the tables
+    im.Mark("adapter");
+    const auto tables = build_tables(/*copy=*/true);
+    im.Mark("tables");
+    enqueue_steps(tables, /*adapter_queued=*/true);
   } else {
-    const auto tables =
-        im.LayerTables(chunks, im.core.size(), iterations.data(), slots, /*copy=*/false);
+    const auto tables = build_tables(/*copy=*/false);
     // The scratch RunBlock takes, at its size before a capture; every buffer a captured step
     // touches is in the key (a buffer that grows moves).
-    float* scratch[] = {
-        im.h.Get(count),   im.qkv.Get(3 * count),          im.attn.Get(count),
-        im.tmp.Get(count), im.ffn.Get(2 * n * im.ffn_dim), im.gate.Get(n * im.ffn_dim)};
+    float* scratch[] = {im.h.Get(count),
+                        im.qkv.Get(3 * count),
+                        im.attn.Get(count),
+                        im.tmp.Get(count),
+                        im.ffn.Get(2 * n * im.ffn_dim),
+                        im.gate.Get(n * im.ffn_dim),
+                        im.MmaStepWorkspace(n),
+                        reinterpret_cast<float*>(im.mma_done.ptr)};
     Impl::GraphKey key = {static_cast<uintptr_t>(n),
+                          static_cast<uintptr_t>(steps),
+                          static_cast<uintptr_t>(in),
                           im.table_bytes,
                           static_cast<uintptr_t>(tables.empty() ? 0 : tables[0].max_visible),
                           static_cast<uintptr_t>(im.gemv_max_rows),
                           static_cast<uintptr_t>(im.gemv_block_rows),
+                          static_cast<uintptr_t>(im.mma_max_rows),
+                          static_cast<uintptr_t>(im.pdl),
                           reinterpret_cast<uintptr_t>(ed),
-                          reinterpret_cast<uintptr_t>(sd),
-                          reinterpret_cast<uintptr_t>(xd),
+                          reinterpret_cast<uintptr_t>(buf[0]),
+                          reinterpret_cast<uintptr_t>(buf[1]),
                           reinterpret_cast<uintptr_t>(out),
                           reinterpret_cast<uintptr_t>(im.table_dev),
                           reinterpret_cast<uintptr_t>(im.table_pinned.ptr)};
     for (float* p : scratch) key.push_back(reinterpret_cast<uintptr_t>(p));
     im.RunGraph(key, [&] {
       im.CopyTables();
-      im.Adapter(sd, ed, n, xd);
-      im.RunBlocks(n, im.core, tables, xd, eps);
-      PONDER_CUDA_CHECK(cudaMemcpyAsync(out, xd, bytes, cudaMemcpyDeviceToHost, im.stream));
+      enqueue_steps(tables, /*adapter_queued=*/false);
     });
   }
   PONDER_CUDA_CHECK(cudaStreamSynchronize(im.stream));
-  im.CollectProfile();
+  im.CollectProfile(steps);
   std::memcpy(s, out, bytes);
-  im.resident = 1 - in;
+  im.resident = last;
   im.resident_count = count;
-  RecordDepths(chunks, iterations);
+  std::vector<int64_t> its(iterations.begin(), iterations.end());
+  for (int64_t j = 0; j < steps; ++j) {
+    RecordDepths(chunks, its);
+    for (int64_t& it : its) ++it;
+  }
 }
 
 void CudaModel::Coda(std::span<const Chunk> chunks, const float* s, bool last_only, float* logits) {
+  Impl& im = *impl_;
+  int64_t rows = 0;
+  const float* ld = CodaOnDevice(chunks, s, last_only, logits != nullptr, &rows);
+  if (logits != nullptr) {
+    PONDER_CUDA_CHECK(cudaMemcpyAsync(logits, ld, rows * im.vocab * sizeof(float),
+                                      cudaMemcpyDeviceToHost, im.stream));
+  }
+  PONDER_CUDA_CHECK(cudaStreamSynchronize(im.stream));
+}
+
+const float* CudaModel::CodaOnDevice(std::span<const Chunk> chunks, const float* s, bool last_only,
+                                     bool head, int64_t* rows_out) {
   Impl& im = *impl_;
   PONDER_CUDA_CHECK(cudaSetDevice(im.info.ordinal));
   const int64_t n = TotalRows(chunks);
@@ -1213,16 +1767,14 @@ void CudaModel::Coda(std::span<const Chunk> chunks, const float* s, bool last_on
     PONDER_CUDA_CHECK(cudaMemcpyAsync(sd, s, bytes, cudaMemcpyHostToDevice, im.stream));
   }
   float* xd = im.x.Get(count);
-  RmsNormKernel<<<n, kRowThreads, 0, im.stream>>>(sd, nullptr, im.ln_f, d, eps, xd);
+  im.Launch(RmsNormKernel, dim3(n), dim3(kRowThreads), 0, sd, nullptr, im.ln_f, d, eps, xd);
   const auto tables = im.LayerTables(chunks, im.coda.size(), nullptr, [&](size_t b, int64_t l) {
     return &chunks[b].cache->Coda(l);
   });
   im.RunBlocks(n, im.coda, tables, xd, eps);
   RecordTokens(chunks);
-  if (logits == nullptr) {
-    PONDER_CUDA_CHECK(cudaStreamSynchronize(im.stream));
-    return;
-  }
+  *rows_out = 0;
+  if (!head) return nullptr;
   int64_t rows = n;
   const float* src = xd;
   if (last_only) {
@@ -1237,19 +1789,89 @@ void CudaModel::Coda(std::span<const Chunk> chunks, const float* s, bool last_on
     PONDER_CUDA_CHECK(cudaMemcpyAsync(idx, last.data(), rows * sizeof(int32_t),
                                       cudaMemcpyHostToDevice, im.stream));
     float* lastd = im.last.Get(rows * d);
-    GatherRowsKernel<<<rows, kThreads, 0, im.stream>>>(xd, idx, d, lastd);
+    im.Launch(GatherRowsKernel, dim3(rows), dim3(kThreads), 0, xd, idx, d, lastd);
     src = lastd;  // (a copy from pageable memory has read `last` when it returns)
   }
   float* hd = im.h.Get(rows * d);
-  RmsNormKernel<<<rows, kRowThreads, 0, im.stream>>>(const_cast<float*>(src), nullptr, im.ln_f, d,
-                                                     eps, hd);
+  im.Launch(RmsNormKernel, dim3(rows), dim3(kRowThreads), 0, const_cast<float*>(src), nullptr,
+            im.ln_f, d, eps, hd);
   float* ld = im.logits.Get(rows * im.vocab);
   im.Lin(hd, rows, d, im.lm_head, ld, im.vocab);
   PONDER_CUDA_CHECK(cudaGetLastError());
-  PONDER_CUDA_CHECK(cudaMemcpyAsync(logits, ld, rows * im.vocab * sizeof(float),
+  *rows_out = rows;
+  return ld;
+}
+
+std::unique_ptr<LogitHistory> CudaModel::NewLogitHistory() {
+  return std::make_unique<CudaLogitHistory>(impl_->histories);
+}
+
+void CudaModel::CodaChecks(std::span<const Chunk> chunks, const float* s,
+                           std::span<const LogitCheck> checks, double* values) {
+  Impl& im = *impl_;
+  const auto b_count = static_cast<int64_t>(chunks.size());
+  const int64_t v = im.vocab;
+  std::vector<CudaLogitHistory*> hist(chunks.size());
+  for (size_t b = 0; b < chunks.size(); ++b) {
+    hist[b] = dynamic_cast<CudaLogitHistory*>(checks[b].history);
+    if (hist[b] == nullptr) Die("CodaChecks", "a history from another backend", __FILE__, __LINE__);
+  }
+  im.checks_on_host = !im.device_signals;
+  if (!im.device_signals) {  // the logits come to the host, which computes as the CPU does
+    Backend::CodaChecks(chunks, s, checks, values);
+    return;
+  }
+  int64_t rows = 0;
+  const float* ld = CodaOnDevice(chunks, s, /*last_only=*/true, /*head=*/true, &rows);
+  std::vector<RowCheck> rc(chunks.size());
+  for (size_t b = 0; b < chunks.size(); ++b) {
+    const policy::ExitRule rule = checks[b].rule;
+    const bool kl = rule == policy::ExitRule::kKl || rule == policy::ExitRule::kMinpKl;
+    rc[b] = {kl ? hist[b]->Buffer() : nullptr, static_cast<int32_t>(rule),
+             hist[b]->has_prev ? 1 : 0};
+  }
+  auto* rows_dev = reinterpret_cast<RowCheck*>(im.check_rows.Get(rc.size() * sizeof(RowCheck)));
+  PONDER_CUDA_CHECK(cudaMemcpyAsync(rows_dev, rc.data(), rc.size() * sizeof(RowCheck),
+                                    cudaMemcpyHostToDevice, im.stream));
+  double* outd = im.check_out.Get(chunks.size());
+  im.Launch(LogitSignalKernel, dim3(static_cast<unsigned>(b_count)), dim3(kRowThreads), 0, ld, v,
+            config_.vocab_size, static_cast<const RowCheck*>(rows_dev), 0.1, outd);
+  PONDER_CUDA_CHECK(cudaGetLastError());
+  std::vector<double> raw(chunks.size());
+  PONDER_CUDA_CHECK(cudaMemcpyAsync(raw.data(), outd, raw.size() * sizeof(double),
                                     cudaMemcpyDeviceToHost, im.stream));
   PONDER_CUDA_CHECK(cudaStreamSynchronize(im.stream));
+  for (size_t b = 0; b < chunks.size(); ++b) {
+    CudaLogitHistory& h = *hist[b];
+    switch (checks[b].rule) {
+      case policy::ExitRule::kKl:
+      case policy::ExitRule::kMinpKl:
+        values[b] = raw[b];
+        h.has_prev = true;
+        break;
+      case policy::ExitRule::kEntropyDiff:
+        values[b] = std::abs(raw[b] - h.prev_entropy);
+        h.prev_entropy = raw[b];
+        break;
+      default:  // argmax-stability
+        values[b] = raw[b];
+    }
+  }
 }
+
+void CudaModel::LastLogits(std::span<const size_t> which, float* logits) {
+  Impl& im = *impl_;
+  const int64_t v = im.vocab;
+  if (im.checks_on_host) return Backend::LastLogits(which, logits);
+  PONDER_CUDA_CHECK(cudaSetDevice(im.info.ordinal));
+  for (size_t k = 0; k < which.size(); ++k) {
+    PONDER_CUDA_CHECK(cudaMemcpyAsync(logits + k * v, im.logits.ptr + which[k] * v,
+                                      v * sizeof(float), cudaMemcpyDeviceToHost, im.stream));
+  }
+  PONDER_CUDA_CHECK(cudaStreamSynchronize(im.stream));
+}
+
+void CudaModel::set_device_signals(bool on) { impl_->device_signals = on; }
 
 void CudaModel::set_profile(bool on) { impl_->profile = on; }
 void CudaModel::set_graphs(bool on) { impl_->graphs = on; }
@@ -1272,6 +1894,12 @@ void CudaModel::set_gemv(int64_t max_rows, int block_rows) {
   impl_->gemv_block_rows = block_rows == 8 ? 8 : 4;
 }
 
+void CudaModel::set_pdl(bool on) { impl_->pdl = on; }
+
+void CudaModel::set_mma(int64_t max_rows) {
+  impl_->mma_max_rows = std::clamp<int64_t>(max_rows, 0, kMmaMaxN);
+}
+
 Result<double> CudaModel::TimeCoreProducts(int64_t rows, int repeats) {
   Impl& im = *impl_;
   PONDER_CUDA_CHECK(cudaSetDevice(im.info.ordinal));
@@ -1279,8 +1907,8 @@ Result<double> CudaModel::TimeCoreProducts(int64_t rows, int repeats) {
   const int64_t d = im.d, f = im.ffn_dim;
   float* in = im.h.Get(rows * std::max(d, f));
   float* out = im.qkv.Get(rows * std::max(3 * d, 2 * f));
-  PatternKernel<<<Blocks(rows * std::max(d, f)), kThreads, 0, im.stream>>>(in,
-                                                                           rows * std::max(d, f));
+  im.Launch(PatternKernel, dim3(Blocks(rows * std::max(d, f))), dim3(kThreads), 0, in,
+            rows * std::max(d, f));
   auto iteration = [&] {
     im.Adapter(in, in, rows, out);
     for (const DeviceBlock& b : im.core) {

@@ -2,16 +2,18 @@
 
 // The Huginn forward pass on an NVIDIA GPU: the Backend contract with bf16 (or f32)
 // weights, f32 activations and f32 accumulation. Matrix products of a few rows run in the
-// backend's own kernel, larger ones in cuBLAS (inputs as two bf16 parts); own kernels for
-// the embedding, RMSNorm, qk bias + RoPE, attention over the paged KV cache (pages in device
-// memory), the gated MLP activation and the residual adds. bench/gpu/README.md has the
-// design and the measurements. Built only when CUDA is found
-// (CMake option PONDER_CUDA); no CUDA type appears in this header.
+// backend's own kernels (GemvKernel; MmaKernel on the tensor cores, off by default), larger
+// ones in cuBLAS (inputs as two bf16 parts); own kernels for the embedding, RMSNorm, qk
+// bias + RoPE, attention over the paged KV cache (pages in device memory), the gated MLP
+// activation, the residual adds and the logit rules' values. bench/gpu/README.md has the
+// design and the measurements. Built only when CUDA is found (CMake option PONDER_CUDA);
+// no CUDA type appears in this header.
 //
 // Activations cross the contract as host rows (exec/backend.h): each call downloads its
 // outputs, d floats per row, and uploads inputs the device does not already hold (the core
-// state a CoreStep returned and the embeddings being iterated stay where they are). Keys and
-// values never leave the device.
+// state a CoreStep returned and the embeddings being iterated stay where they are;
+// CoreSteps keeps the state on the device across its iterations). Keys and values never
+// leave the device; with device signals on, neither do the logits of a check.
 
 #include <cstdint>
 #include <memory>
@@ -45,7 +47,20 @@ class CudaModel : public Backend {
                                float* e) override;
   void CoreStep(std::span<const Chunk> chunks, std::span<const int64_t> iterations, const float* e,
                 float* s) override;
+  // The steps run back to back on the device (one CUDA graph for all of them where a single
+  // step would have one); only the last one's state comes to the host.
+  void CoreSteps(std::span<const Chunk> chunks, std::span<const int64_t> iterations, int64_t steps,
+                 const float* e, float* s) override;
   void Coda(std::span<const Chunk> chunks, const float* s, bool last_only, float* logits) override;
+  // With device signals on, the rules' values are computed next to the logits (in double,
+  // as the host computes them) and only they come back; LastLogits then copies the rows
+  // asked for. Off (the default until a GPU run has checked the device path against the
+  // host's), the logits come to the host, which computes as the CPU backend does.
+  void CodaChecks(std::span<const Chunk> chunks, const float* s, std::span<const LogitCheck> checks,
+                  double* values) override;
+  void LastLogits(std::span<const size_t> which, float* logits) override;
+  std::unique_ptr<LogitHistory> NewLogitHistory() override;
+  void set_device_signals(bool on);
   // cuBLAS chooses its kernels by shape, so a row's sums may depend on the batch size.
   void set_batch_invariant(bool) override {}
   bool batch_invariant() const override { return false; }
@@ -56,14 +71,20 @@ class CudaModel : public Backend {
   uint64_t device_weight_bytes() const;
   // Waits for the device to finish the work queued so far.
   void Synchronize();
-  // Products of at most `max_rows` input rows (8 at most; default kGemvDefaultRows) with bf16
-  // weights run in the backend's own kernel, whose f32 inputs are not rounded; the others, and all
-  // with f32 weights, in cuBLAS. 0 sends every product to cuBLAS. `block_rows` (4 or 8) is
-  // the output rows each block of that kernel computes.
+  // Which kernel computes a product with bf16 weights, by its number of input rows: up to
+  // `max_rows` of set_gemv (8 at most; default kGemvDefaultRows) the backend's GemvKernel
+  // (CUDA cores); then up to `max_rows` of set_mma (32 at most; default kMmaDefaultRows) its
+  // MmaKernel (tensor cores, each input as two bf16 parts); more rows, and every product
+  // with f32 weights, cuBLAS (inputs as two bf16 parts). No path rounds the f32 inputs to
+  // bf16. 0 turns a kernel off. `block_rows` (4 or 8) is the output rows each GemvKernel
+  // block computes.
   void set_gemv(int64_t max_rows, int block_rows = 4);
-  // Up to 3 rows the backend's kernel is faster than cuBLAS on an H200, from 4 slower
-  // (bench/gpu/README.md).
+  void set_mma(int64_t max_rows);
+  // On an H200 GemvKernel is the fastest path up to 3 rows and cuBLAS from 4
+  // (bench/gpu/README.md). MmaKernel stays off until a GPU run shows its tile design beating
+  // cuBLAS (its first design did not).
   static constexpr int64_t kGemvDefaultRows = 3;
+  static constexpr int64_t kMmaDefaultRows = 0;
   // Device time of CoreStep by stage (set_profile(true): an event after each kernel, which
   // slows the steps a little). TakeProfile returns the milliseconds per stage summed since
   // the last call, in first-seen order, with the number of CoreSteps in `steps`, and resets.
@@ -71,6 +92,10 @@ class CudaModel : public Backend {
   // Decode core steps whose products all run in the backend's own kernel replay a CUDA
   // graph of the step (on by default; profiling runs without).
   void set_graphs(bool on);
+  // Programmatic dependent launch between the backend's kernels (off by default, until a
+  // GPU run has measured it): each kernel is scheduled while the one before it runs and
+  // waits for it before touching activations; MmaKernel loads its first weights meanwhile.
+  void set_pdl(bool on);
   std::vector<std::pair<std::string, double>> TakeProfile(int64_t* steps);
   // Milliseconds of one core iteration's matrix products alone (the adapter and each core
   // layer's four) for `rows` input rows, the median of `repeats` timed with device events.
@@ -78,6 +103,10 @@ class CudaModel : public Backend {
 
  private:
   CudaModel(const model::Config& config, const model::Weights& weights);
+  // Coda on the device; with `head`, ln_f + head of the selected rows too, whose logits it
+  // returns (device memory, *rows rows of V) without waiting for them.
+  const float* CodaOnDevice(std::span<const Chunk> chunks, const float* s, bool last_only,
+                            bool head, int64_t* rows);
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
