@@ -1,8 +1,9 @@
 #include "exec/backend.h"
 
 #include <algorithm>
-#include <cassert>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "exec/cpu/cpu_model.h"
@@ -107,7 +108,11 @@ void Backend::CodaChecks(std::span<const Chunk> chunks, const float* s,
   Coda(chunks, s, /*last_only=*/true, check_logits_.data());
   for (size_t b = 0; b < chunks.size(); ++b) {
     auto* history = dynamic_cast<TrackedLogitHistory*>(checks[b].history);
-    assert(history != nullptr && "CodaChecks: a history from another backend");
+    if (history == nullptr) {  // a programmer error: a history from another backend, or none
+      std::fprintf(stderr, "ponder: fatal: CodaChecks: chunk %zu has no history of this backend\n",
+                   b);
+      std::abort();
+    }
     values[b] = history->tracker.ObserveLogits(
         checks[b].rule, std::span<const float>(check_logits_.data() + b * v, config_.vocab_size));
   }

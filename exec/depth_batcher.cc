@@ -315,8 +315,10 @@ Status DepthBatcher::Tick() {
   for (size_t i = 0, k = 0; i < run.size(); ++i) {
     Seq& q = *run[i];
     policy::StepInput& in = inputs[i];
+    size_t check = 0;  // this sequence's index in want_logits, when it ran a check
     if (k < want_logits.size() && want_logits[k] == i) {
       q.have_logits = true;
+      check = k;
       const double val = values[k++];
       if (q.spec.plan.rule == policy::ExitRule::kArgmaxStability) {
         in.signals.argmax = static_cast<int64_t>(val);
@@ -332,8 +334,7 @@ Status DepthBatcher::Tick() {
     if (q.decision.action == policy::Action::kExit) {
       exiting.push_back(i);
       if (q.have_logits) {
-        from_check.push_back(static_cast<size_t>(
-            std::lower_bound(want_logits.begin(), want_logits.end(), i) - want_logits.begin()));
+        from_check.push_back(check);
       } else {
         need_head.push_back(i);
       }

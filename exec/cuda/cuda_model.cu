@@ -625,6 +625,8 @@ __global__ void __launch_bounds__(kRowThreads)
   }
   const auto rule = static_cast<policy::ExitRule>(c.rule);
   if (rule == policy::ExitRule::kArgmaxStability) {
+    // As the host's Argmax: index 0 when no entry beats the first (all -inf, or a NaN first).
+    if (mi == vocab || isnan(x[0])) mi = 0;
     if (threadIdx.x == 0) out[r] = static_cast<double>(mi);
     return;
   }
@@ -807,6 +809,8 @@ class HistoryPool {
 class CudaLogitHistory : public TrackedLogitHistory {
  public:
   explicit CudaLogitHistory(std::shared_ptr<HistoryPool> pool) : pool_(std::move(pool)) {}
+  CudaLogitHistory(const CudaLogitHistory&) = delete;
+  CudaLogitHistory& operator=(const CudaLogitHistory&) = delete;
   ~CudaLogitHistory() override {
     if (prev != nullptr) pool_->Put(prev);
   }
@@ -1704,7 +1708,7 @@ void CudaModel::CoreSteps(std::span<const Chunk> chunks, std::span<const int64_t
                         im.tmp.Get(count),
                         im.ffn.Get(2 * n * im.ffn_dim),
                         im.gate.Get(n * im.ffn_dim),
-                        im.MmaStepWorkspace(n),
+                        im.MmaRows(n) ? im.MmaStepWorkspace(n) : nullptr,
                         reinterpret_cast<float*>(im.mma_done.ptr)};
     Impl::GraphKey key = {static_cast<uintptr_t>(n),
                           static_cast<uintptr_t>(steps),
@@ -1827,6 +1831,10 @@ void CudaModel::CodaChecks(std::span<const Chunk> chunks, const float* s,
   for (size_t b = 0; b < chunks.size(); ++b) {
     const policy::ExitRule rule = checks[b].rule;
     const bool kl = rule == policy::ExitRule::kKl || rule == policy::ExitRule::kMinpKl;
+    if (!kl && rule != policy::ExitRule::kEntropyDiff &&
+        rule != policy::ExitRule::kArgmaxStability) {
+      Die("CodaChecks", "not a logit rule", __FILE__, __LINE__);
+    }
     rc[b] = {kl ? hist[b]->Buffer() : nullptr, static_cast<int32_t>(rule),
              hist[b]->has_prev ? 1 : 0};
   }
@@ -1875,6 +1883,7 @@ void CudaModel::set_device_signals(bool on) { impl_->device_signals = on; }
 
 void CudaModel::set_profile(bool on) { impl_->profile = on; }
 void CudaModel::set_graphs(bool on) { impl_->graphs = on; }
+bool CudaModel::graphs() const { return impl_->graphs; }
 
 std::vector<std::pair<std::string, double>> CudaModel::TakeProfile(int64_t* steps) {
   Impl& im = *impl_;

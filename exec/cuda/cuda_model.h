@@ -60,6 +60,7 @@ class CudaModel : public Backend {
                   double* values) override;
   void LastLogits(std::span<const size_t> which, float* logits) override;
   std::unique_ptr<LogitHistory> NewLogitHistory() override;
+  // Set between requests, not inside one: a token's checks keep their history on one side.
   void set_device_signals(bool on);
   // cuBLAS chooses its kernels by shape, so a row's sums may depend on the batch size.
   void set_batch_invariant(bool) override {}
@@ -92,6 +93,8 @@ class CudaModel : public Backend {
   // Decode core steps whose products all run in the backend's own kernel replay a CUDA
   // graph of the step (on by default; profiling runs without).
   void set_graphs(bool on);
+  // Whether graphs are on (a failed capture turns them off, with a message on stderr).
+  bool graphs() const;
   // Programmatic dependent launch between the backend's kernels (off by default, until a
   // GPU run has measured it): each kernel is scheduled while the one before it runs and
   // waits for it before touching activations; MmaKernel loads its first weights meanwhile.

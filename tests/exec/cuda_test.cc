@@ -316,6 +316,9 @@ TEST(CudaBatchTest, BatchedCoreStepsMatchTheCpuAtEveryBatchSize) {
         EXPECT_LE(Nmse(sg, sc), 1e-8) << "second token, batch " << batch << " iteration " << it;
       }
     }
+#ifdef PONDER_HAVE_CUDA
+    EXPECT_EQ(model->graphs(), setting.graphs) << "a graph capture failed (stderr says why)";
+#endif
   }
 }
 
