@@ -322,6 +322,60 @@ TEST(CudaBatchTest, BatchedCoreStepsMatchTheCpuAtEveryBatchSize) {
   }
 }
 
+// MmaKernel at a width where k is split over many blocks (on an H200: 4 splits for qkv, 8
+// for the adapter, 11 for the MLP's down projection; at the batched test's width, 1 or 2):
+// core steps and logits of 4 to 32 sequences against the CPU, with and without
+// programmatic dependent launch, graphs on.
+TEST(CudaBatchTest, MmaKernelWithSplitKMatchesTheCpu) {
+  model::Config cfg = ponder::testing::SmallConfig(1024, 8, 2816, 1, 2, 1, 4096);
+  cfg.tie_embeddings = false;
+  ponder::testing::RandomModel rm(cfg, DType::kBF16, 21);
+  cpu::CpuModel cpu(rm.config(), rm.weights(), nullptr);
+  CUDA_OR_SKIP(gpu, rm.config(), rm.weights(), "bf16");
+#ifdef PONDER_HAVE_CUDA
+  auto* model = static_cast<cuda::CudaModel*>(gpu.get());
+  const int64_t d = cfg.n_embd, v = rm.config().padded_vocab_size;
+  model->set_gemv(0);
+  model->set_mma(32);
+  for (const bool pdl : {true, false}) {
+    model->set_pdl(pdl);
+    for (int64_t batch : {4, 8, 13, 32}) {
+      SCOPED_TRACE("batch " + std::to_string(batch) + (pdl ? ", pdl" : ""));
+      std::vector<std::unique_ptr<SequenceCache>> caches;
+      std::vector<Chunk> cc, gc;
+      std::vector<int32_t> tokens;
+      for (int64_t b = 0; b < batch; ++b) {
+        caches.push_back(cpu.NewCache());
+        cc.push_back({caches.back().get(), 0, 1});
+        caches.push_back(gpu->NewCache());
+        gc.push_back({caches.back().get(), 0, 1});
+        tokens.push_back(static_cast<int32_t>((97 * b + 5) % cfg.vocab_size));
+      }
+      std::vector<float> e(batch * d), eg(batch * d), sc(batch * d);
+      ASSERT_TRUE(cpu.Prelude(cc, tokens, e.data()).ok());
+      ASSERT_TRUE(gpu->Prelude(gc, tokens, eg.data()).ok());
+      EXPECT_LE(Nmse(eg, e), 1e-8) << "prelude";
+      cpu.InitState(cc, 3, 0, 1.0, sc.data());
+      std::vector<float> sg = sc;
+      for (int64_t it = 1; it <= 4; ++it) {  // the graph is captured at 2 and 3, replayed at 4
+        const std::vector<int64_t> its(batch, it);
+        cpu.CoreStep(cc, its, e.data(), sc.data());
+        gpu->CoreStep(gc, its, e.data(), sg.data());
+        EXPECT_LE(Nmse(sg, sc), 1e-8) << "iteration " << it;
+      }
+      std::vector<float> lc(batch * v), lg(batch * v);
+      cpu.Coda(cc, sc.data(), true, lc.data());
+      gpu->Coda(gc, sg.data(), true, lg.data());
+      EXPECT_LE(Nmse(lg, lc), 1e-8) << "coda";
+    }
+  }
+  EXPECT_TRUE(model->graphs()) << "a graph capture failed (stderr says why)";
+  model->set_gemv(cuda::CudaModel::kGemvDefaultRows);
+  model->set_mma(cuda::CudaModel::kMmaDefaultRows);
+  model->set_pdl(false);
+#endif
+}
+
 // CoreSteps: several iterations in one call (on CUDA one graph, the state staying on the
 // device in between) equal as many CoreStep calls on the CPU; over four tokens, so that
 // each call's graph is captured and then replayed with new tables.
