@@ -31,6 +31,14 @@ void AddBackendFlag(CLI::App* cmd, exec::BackendOptions* backend) {
   cmd->add_option("--cuda-weights", backend->cuda_weights,
                   "CUDA weight storage, f32 accumulation either way: bf16 or f32")
       ->check(CLI::IsMember({"bf16", "f32"}));
+  // Not yet run on a GPU in this version (bench/gpu/README.md): off by default.
+  cmd->add_option("--cuda-mma-rows", backend->cuda_mma_rows,
+                  "CUDA: tensor-core kernel for products of up to N rows (0: off; default: off)")
+      ->check(CLI::Range(0, 32));
+  cmd->add_flag("--cuda-pdl", backend->cuda_pdl,
+                "CUDA: programmatic dependent launch between kernels");
+  cmd->add_flag("--cuda-device-signals", backend->cuda_device_signals,
+                "CUDA: compute the logit rules' values on the device (only they come back)");
 }
 
 std::string HumanBytes(double b) {

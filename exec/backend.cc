@@ -192,8 +192,20 @@ Result<std::unique_ptr<Backend>> MakeBackend(const BackendOptions& options,
         std::make_unique<cpu::CpuModel>(config, weights, options.threads));
   }
   if (options.kind == "cuda") {
+    if (options.cuda_mma_rows < -1 || options.cuda_mma_rows > 32) {
+      return InvalidArgument("backend cuda: MmaKernel rows " +
+                             std::to_string(options.cuda_mma_rows) +
+                             " (expected 0 to turn it off, or up to 32)");
+    }
 #ifdef PONDER_HAVE_CUDA
-    return cuda::CudaModel::Create(config, weights, options.device, options.cuda_weights);
+    auto made = cuda::CudaModel::Create(config, weights, options.device, options.cuda_weights);
+    if (made.ok()) {
+      auto* gpu = static_cast<cuda::CudaModel*>(made->get());
+      if (options.cuda_mma_rows >= 0) gpu->set_mma(options.cuda_mma_rows);
+      gpu->set_pdl(options.cuda_pdl);
+      gpu->set_device_signals(options.cuda_device_signals);
+    }
+    return made;
 #else
     return Unavailable(
         "backend cuda: this build of Ponder has no CUDA backend (configure with nvcc present "

@@ -178,6 +178,13 @@ struct BackendOptions {
   int threads = 0;                    // CPU worker threads (0: all hardware threads)
   int device = 0;                     // CUDA device ordinal
   std::string cuda_weights = "bf16";  // CUDA weight storage: "bf16" or "f32" (f32 accumulation)
+  // CUDA settings that have not yet run on a GPU in this version, off by default
+  // (bench/gpu/README.md): MmaKernel for products of up to this many rows (4 to 32; 0: off;
+  // -1: the backend's default), programmatic dependent launch between kernels, and the
+  // logit checks' values computed on the device.
+  int cuda_mma_rows = -1;
+  bool cuda_pdl = false;
+  bool cuda_device_signals = false;
 };
 
 // The backend `options.kind` on the given weights (which must outlive it). An unknown

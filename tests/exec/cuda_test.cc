@@ -46,6 +46,12 @@ TEST(MakeBackendTest, ChoosesByNameAndRejectsUnknownKinds) {
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find("unknown backend \"tpu\""), std::string::npos);
   o.kind = "cuda";
+  o.cuda_mma_rows = 33;  // refused before any device is looked for
+  auto bad_rows = MakeBackend(o, (*ckpt)->config, (*ckpt)->weights);
+  ASSERT_FALSE(bad_rows.ok());
+  EXPECT_EQ(bad_rows.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(bad_rows.status().message().find("33"), std::string::npos);
+  o.cuda_mma_rows = -1;
   auto gpu = MakeBackend(o, (*ckpt)->config, (*ckpt)->weights);
   if (!gpu.ok()) {  // no device, or no CUDA in this build: the error says which
     EXPECT_EQ(gpu.status().code(), StatusCode::kUnavailable) << gpu.status().ToString();
