@@ -32,10 +32,13 @@ async function expectApiError(name, promise, status, param) {
 }
 
 async function main() {
-  // Greedy, seeded: the streamed text must equal the plain one.
+  // Greedy, seeded: the streamed text must equal the plain one. A deadline far away, so that
+  // no token exits on the clock (routine_transaction's own is 2 s, which a loaded machine
+  // can overrun, and then the two texts differ).
   const request = {
     model, prompt: 'lctvqbz|', max_tokens: 12, temperature: 0, seed: 7,
     profile: 'finance', task_class: 'routine_transaction', return_token_steps: true,
+    deadline_ms: 600000,
   };
   const c = await client.completions.create(request);
   const text = c.choices[0].text;
@@ -52,7 +55,7 @@ async function main() {
   // The same seeded greedy request, plain and streamed, must give the same text.
   const chatRequest = {
     model, messages: [{ role: 'system', content: 'Answer.' }, { role: 'user', content: 'j6a3?j' }],
-    max_tokens: 8, temperature: 0, seed: 7, profile: 'chat',
+    max_tokens: 8, temperature: 0, seed: 7, profile: 'chat', deadline_ms: 600000,
   };
   const chat = await client.chat.completions.create(chatRequest);
   check('chat completion', chat.object === 'chat.completion' &&
