@@ -40,8 +40,20 @@ export PONDER_SOURCE_DIR="$ROOT"
 # Parity: logits (f32 and bf16 weights) on the committed checkpoints and a random
 # Huginn-structured one, per-token exit steps on the scenario workloads, device KV pages.
 # PONDER_REQUIRE_CUDA=1: a test that finds no usable device fails instead of skipping.
-PONDER_REQUIRE_CUDA=1 "$TEST" --gtest_filter='*Cuda*:MakeBackend*' 2>&1 | tee "$OUT/parity.log"
-parity=${PIPESTATUS[0]}
+# Each test runs in a process of its own, so that one that breaks the device (an illegal
+# address ends the process's CUDA context) leaves the others their verdicts.
+: >"$OUT/parity.log"
+parity=0
+failed=()
+for t in $("$TEST" --gtest_filter='*Cuda*:MakeBackend*' --gtest_list_tests |
+  awk '/^[^ ]/ {suite = $1} /^  / {print suite $1}'); do
+  PONDER_REQUIRE_CUDA=1 "$TEST" --gtest_filter="$t" 2>&1 | tee -a "$OUT/parity.log"
+  if [ "${PIPESTATUS[0]}" -ne 0 ]; then
+    parity=1
+    failed+=("$t")
+  fi
+done
+echo "parity tests failed: ${#failed[@]} ${failed[*]:-}" | tee -a "$OUT/parity.log"
 
 # Decode at r in {4, 32, 64}, batch in {1, 8, 32}.
 "$BENCH" --depths 4,32,64 --batches 1,8,32 --json "$OUT/results.json" 2>&1 | tee "$OUT/decode.log"
