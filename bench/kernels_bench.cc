@@ -9,14 +9,17 @@
 
 #include <benchmark/benchmark.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <string>
 #include <vector>
 
 #include "bench/bandwidth.h"
 #include "core/dtype.h"
 #include "core/tensor.h"
 #include "exec/cpu/kernels.h"
+#include "policy/criteria.h"
 
 namespace ponder {
 namespace {
@@ -152,6 +155,37 @@ BENCHMARK(BM_LinearCachedF32)
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_LinearTinyF32)->ArgName("n")->Arg(1)->UseRealTime()->Unit(benchmark::kMicrosecond);
+
+// One logit check of one sequence computed on the host, as a backend without device signals
+// leaves it (policy::SignalTracker on a downloaded row) at Huginn-0125's vocabulary of 65536:
+// log-softmax in double and the rule's value against the previous check. Arg: 0 kl,
+// 1 minp-kl, 2 entropy-diff.
+void BM_LogitCheckHost(benchmark::State& state) {
+  constexpr int64_t kVocab = 65536;
+  const policy::ExitRule rule = state.range(0) == 0   ? policy::ExitRule::kKl
+                                : state.range(0) == 1 ? policy::ExitRule::kMinpKl
+                                                      : policy::ExitRule::kEntropyDiff;
+  std::vector<float> a(kVocab), b(kVocab);
+  for (int64_t i = 0; i < kVocab; ++i) {
+    a[i] = 4.0f * std::sin(0.37f * static_cast<float>(i));
+    b[i] = 4.0f * std::sin(0.41f * static_cast<float>(i));
+  }
+  policy::SignalTracker tracker;
+  tracker.Begin({});
+  bool odd = false;
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(tracker.ObserveLogits(rule, odd ? a : b));
+    odd = !odd;
+  }
+  state.SetLabel(std::string(policy::ExitRuleName(rule)));
+}
+BENCHMARK(BM_LogitCheckHost)
+    ->ArgName("rule")
+    ->Arg(0)
+    ->Arg(1)
+    ->Arg(2)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
 
 // One parallel summing pass over a 1 GiB buffer per iteration.
 void BM_ReadBandwidth(benchmark::State& state) {
