@@ -1745,6 +1745,7 @@ void CudaModel::CoreSteps(std::span<const Chunk> chunks, std::span<const int64_t
 
 void CudaModel::Coda(std::span<const Chunk> chunks, const float* s, bool last_only, float* logits) {
   Impl& im = *impl_;
+  if (TotalRows(chunks) == 0) return;  // (a launch of no blocks is an error)
   int64_t rows = 0;
   const float* ld = CodaOnDevice(chunks, s, last_only, logits != nullptr, &rows);
   if (logits != nullptr) {
@@ -1813,6 +1814,7 @@ std::unique_ptr<LogitHistory> CudaModel::NewLogitHistory() {
 void CudaModel::CodaChecks(std::span<const Chunk> chunks, const float* s,
                            std::span<const LogitCheck> checks, double* values) {
   Impl& im = *impl_;
+  if (TotalRows(chunks) == 0) return;
   const auto b_count = static_cast<int64_t>(chunks.size());
   const int64_t v = im.vocab;
   std::vector<CudaLogitHistory*> hist(chunks.size());
