@@ -768,51 +768,18 @@ struct DeviceBlock {
   DeviceMatrix wqkv, attn_proj, mlp_fc, mlp_proj;
 };
 
-// Device buffers of `vocab` doubles for the previous log-probabilities of logit checks,
-// one per sequence, kept for reuse (a cudaFree would stall the device) and freed with the
-// last history or model that holds the pool.
-class HistoryPool {
- public:
-  HistoryPool(int device, int64_t vocab) : device_(device), vocab_(vocab) {}
-  ~HistoryPool() {
-    cudaSetDevice(device_);
-    for (double* p : all_) cudaFree(p);
-  }
-  double* Get() {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (!free_.empty()) {
-      double* p = free_.back();
-      free_.pop_back();
-      return p;
-    }
-    PONDER_CUDA_CHECK(cudaSetDevice(device_));
-    void* p = nullptr;
-    PONDER_CUDA_CHECK(cudaMalloc(&p, vocab_ * sizeof(double)));
-    all_.push_back(static_cast<double*>(p));
-    return all_.back();
-  }
-  void Put(double* p) {
-    std::lock_guard<std::mutex> lock(mu_);
-    free_.push_back(p);
-  }
-
- private:
-  int device_;
-  int64_t vocab_;
-  std::mutex mu_;
-  std::vector<double*> all_, free_;
-};
-
 // A sequence's logit history on this backend: on the device (the previous check's
-// log-probabilities in a pool buffer, taken at its first kl or minp-kl check; the previous
-// entropy on the host), or, with device signals off, the host tracker's.
+// log-probabilities, `vocab` doubles taken from a pool of device buffers at its first kl or
+// minp-kl check and given back with the history; the previous entropy on the host), or,
+// with device signals off, the host tracker's. The pool outlives the last history.
 class CudaLogitHistory : public TrackedLogitHistory {
  public:
-  explicit CudaLogitHistory(std::shared_ptr<HistoryPool> pool) : pool_(std::move(pool)) {}
+  CudaLogitHistory(std::shared_ptr<DevicePages> pool, int64_t vocab)
+      : pool_(std::move(pool)), vocab_(vocab) {}
   CudaLogitHistory(const CudaLogitHistory&) = delete;
   CudaLogitHistory& operator=(const CudaLogitHistory&) = delete;
   ~CudaLogitHistory() override {
-    if (prev != nullptr) pool_->Put(prev);
+    if (prev != nullptr) pool_->Free(reinterpret_cast<float*>(prev));
   }
   void Reset() override {
     TrackedLogitHistory::Reset();
@@ -820,7 +787,8 @@ class CudaLogitHistory : public TrackedLogitHistory {
     prev_entropy = 100.0;
   }
   double* Buffer() {
-    if (prev == nullptr) prev = pool_->Get();
+    // (cudaMalloc's alignment suits doubles.)
+    if (prev == nullptr) prev = reinterpret_cast<double*>(pool_->Allocate(2 * vocab_));
     return prev;
   }
 
@@ -829,7 +797,8 @@ class CudaLogitHistory : public TrackedLogitHistory {
   double prev_entropy = 100.0;
 
  private:
-  std::shared_ptr<HistoryPool> pool_;
+  std::shared_ptr<DevicePages> pool_;
+  int64_t vocab_;
 };
 
 }  // namespace
@@ -873,7 +842,7 @@ struct CudaModel::Impl {
   int64_t mma_max_rows = kMmaDefaultRows;
   // Logit checks (CodaChecks): on the device, or on the host from downloaded logits.
   bool device_signals = false;
-  std::shared_ptr<HistoryPool> histories;
+  std::shared_ptr<DevicePages> histories;  // CudaLogitHistory's buffers
   DeviceBuffer<unsigned char> check_rows;  // the RowCheck of each row
   DeviceBuffer<double> check_out;
   bool checks_on_host = true;       // the last CodaChecks ran the host computation
@@ -1295,17 +1264,29 @@ struct CudaModel::Impl {
             o.max_visible};
   }
 
-  // The tables of every layer of `blocks` (slots chosen by `slot_of(b, layer)`), uploaded.
+  // The tables of every layer of `blocks` (slots chosen by `slot_of(b, layer, iteration)`),
+  // uploaded. Core layers (`iterations` not null): the tables of `steps` iterations, step
+  // by step, chunk b at iterations[b], iterations[b] + 1, ...; a step reads KV slots of its
+  // own iteration and of past tokens only, whose depths are already recorded, so all can be
+  // laid out before the first runs. Other layers: one step, iteration 0.
   template <typename SlotOf>
   std::vector<TableOffsets> LayerTables(std::span<const Chunk> chunks, size_t layers,
-                                        const int64_t* iterations, SlotOf slot_of,
-                                        bool copy = true) {
+                                        const int64_t* iterations, SlotOf slot_of, bool copy = true,
+                                        int64_t steps = 1) {
     std::vector<TableOffsets> out;
     host_table.clear();  // (left filled only if an earlier call threw)
     std::vector<KvSlot*> slots(chunks.size());
-    for (size_t l = 0; l < layers; ++l) {
-      for (size_t b = 0; b < chunks.size(); ++b) slots[b] = slot_of(b, static_cast<int64_t>(l));
-      out.push_back(AppendTables(chunks, slots, iterations, static_cast<int64_t>(l)));
+    std::vector<int64_t> its(chunks.size(), 0);
+    if (iterations != nullptr) its.assign(iterations, iterations + chunks.size());
+    for (int64_t j = 0; j < steps; ++j) {
+      for (size_t l = 0; l < layers; ++l) {
+        for (size_t b = 0; b < chunks.size(); ++b) {
+          slots[b] = slot_of(b, static_cast<int64_t>(l), its[b]);
+        }
+        out.push_back(AppendTables(chunks, slots, iterations != nullptr ? its.data() : nullptr,
+                                   static_cast<int64_t>(l)));
+      }
+      for (int64_t& it : its) ++it;
     }
     UploadTables(copy);
     return out;
@@ -1570,7 +1551,8 @@ Result<std::unique_ptr<Backend>> CudaModel::Create(const model::Config& config,
   for (const auto& b : weights.prelude) im.prelude.push_back(im.Block(b));
   for (const auto& b : weights.core) im.core.push_back(im.Block(b));
   for (const auto& b : weights.coda) im.coda.push_back(im.Block(b));
-  im.histories = std::make_shared<HistoryPool>(device, config.vocab_size);
+  im.histories = std::make_shared<DevicePages>();
+  im.histories->set_device(device);
   // MmaKernel's counters for the widest product (the head), zeroed once.
   im.MmaCounters((std::max({im.vocab, 2 * im.ffn_dim, 3 * im.d}) + kMmaTileRows - 1) /
                  kMmaTileRows);
@@ -1610,9 +1592,9 @@ Status CudaModel::Prelude(std::span<const Chunk> chunks, std::span<const int32_t
               static_cast<const float*>(im.wte.ptr), im.d, scale, ed);
   }
   PONDER_CUDA_CHECK(cudaGetLastError());
-  const auto tables = im.LayerTables(chunks, im.prelude.size(), nullptr, [&](size_t b, int64_t l) {
-    return &chunks[b].cache->Prelude(l);
-  });
+  const auto tables =
+      im.LayerTables(chunks, im.prelude.size(), nullptr,
+                     [&](size_t b, int64_t l, int64_t) { return &chunks[b].cache->Prelude(l); });
   im.RunBlocks(n, im.prelude, tables, ed, static_cast<float>(config_.norm_eps));
   PONDER_CUDA_CHECK(
       cudaMemcpyAsync(e, ed, n * im.d * sizeof(float), cudaMemcpyDeviceToHost, im.stream));
@@ -1658,24 +1640,12 @@ void CudaModel::CoreSteps(std::span<const Chunk> chunks, std::span<const int64_t
   im.Mark("upload");
   const auto eps = static_cast<float>(config_.norm_eps);
   const size_t layers = im.core.size();
-  // Every step's tables at once, step-major: a step reads KV slots of its own iteration, and
-  // of past tokens only, whose depths are already recorded.
+  // Every step's tables at once, step-major.
   auto build_tables = [&](bool copy) {
-    im.host_table.clear();
-    std::vector<Impl::TableOffsets> tables;
-    std::vector<int64_t> its(iterations.begin(), iterations.end());
-    std::vector<KvSlot*> slots(chunks.size());
-    for (int64_t j = 0; j < steps; ++j) {
-      for (size_t l = 0; l < layers; ++l) {
-        for (size_t b = 0; b < chunks.size(); ++b) {
-          slots[b] = &chunks[b].cache->Core(its[b], static_cast<int64_t>(l));
-        }
-        tables.push_back(im.AppendTables(chunks, slots, its.data(), static_cast<int64_t>(l)));
-      }
-      for (int64_t& it : its) ++it;
-    }
-    im.UploadTables(copy);
-    return tables;
+    return im.LayerTables(
+        chunks, layers, iterations.data(),
+        [&](size_t b, int64_t l, int64_t it) { return &chunks[b].cache->Core(it, l); }, copy,
+        steps);
   };
   // The steps' kernels, reading the uploaded tables (the first adapter product may already
   // be queued).
@@ -1773,9 +1743,9 @@ const float* CudaModel::CodaOnDevice(std::span<const Chunk> chunks, const float*
   }
   float* xd = im.x.Get(count);
   im.Launch(RmsNormKernel, dim3(n), dim3(kRowThreads), 0, sd, nullptr, im.ln_f, d, eps, xd);
-  const auto tables = im.LayerTables(chunks, im.coda.size(), nullptr, [&](size_t b, int64_t l) {
-    return &chunks[b].cache->Coda(l);
-  });
+  const auto tables =
+      im.LayerTables(chunks, im.coda.size(), nullptr,
+                     [&](size_t b, int64_t l, int64_t) { return &chunks[b].cache->Coda(l); });
   im.RunBlocks(n, im.coda, tables, xd, eps);
   RecordTokens(chunks);
   *rows_out = 0;
@@ -1808,7 +1778,7 @@ const float* CudaModel::CodaOnDevice(std::span<const Chunk> chunks, const float*
 }
 
 std::unique_ptr<LogitHistory> CudaModel::NewLogitHistory() {
-  return std::make_unique<CudaLogitHistory>(impl_->histories);
+  return std::make_unique<CudaLogitHistory>(impl_->histories, config_.vocab_size);
 }
 
 void CudaModel::CodaChecks(std::span<const Chunk> chunks, const float* s,
