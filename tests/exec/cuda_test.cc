@@ -234,6 +234,26 @@ TEST(CudaParityHuginnShapeTest, RandomBf16Checkpoint) {
   CompareForward(cpu, *gpu, 12, 32, 1e-6);
 }
 
+// `batch` sequences of one new token at position 0 on both backends: their caches, their
+// chunks on each side, and token ids (mul * b + 5) % vocab.
+struct TwinBatch {
+  std::vector<std::unique_ptr<SequenceCache>> caches;
+  std::vector<Chunk> cpu, gpu;
+  std::vector<int32_t> tokens;
+};
+
+TwinBatch NewTwinBatch(Backend& cpu, Backend& gpu, int64_t batch, int64_t mul) {
+  TwinBatch t;
+  for (int64_t b = 0; b < batch; ++b) {
+    t.caches.push_back(cpu.NewCache());
+    t.cpu.push_back({t.caches.back().get(), 0, 1});
+    t.caches.push_back(gpu.NewCache());
+    t.gpu.push_back({t.caches.back().get(), 0, 1});
+    t.tokens.push_back(static_cast<int32_t>((mul * b + 5) % cpu.config().vocab_size));
+  }
+  return t;
+}
+
 // Batched decode of 1 to 9, 16 and 32 sequences against the CPU, step by step, with each
 // setting of the backend's own kernels: the defaults (GemvKernel up to 3 rows, cuBLAS above)
 // with CUDA graphs and without; MmaKernel for 4 to 32 rows with programmatic dependent
@@ -270,16 +290,9 @@ TEST(CudaBatchTest, BatchedCoreStepsMatchTheCpuAtEveryBatchSize) {
                  std::to_string(setting.mma_rows) + ", graphs " + (setting.graphs ? "on" : "off") +
                  ", pdl " + (setting.pdl ? "on" : "off"));
     for (int64_t batch : {1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 32}) {
-      std::vector<std::unique_ptr<SequenceCache>> caches;
-      std::vector<Chunk> cc, gc;
-      std::vector<int32_t> tokens;
-      for (int64_t b = 0; b < batch; ++b) {
-        caches.push_back(cpu.NewCache());
-        cc.push_back({caches.back().get(), 0, 1});
-        caches.push_back(gpu->NewCache());
-        gc.push_back({caches.back().get(), 0, 1});
-        tokens.push_back(static_cast<int32_t>((13 * b + 5) % cfg.vocab_size));
-      }
+      TwinBatch twin = NewTwinBatch(cpu, *gpu, batch, 13);
+      std::vector<Chunk>&cc = twin.cpu, &gc = twin.gpu;
+      std::vector<int32_t>& tokens = twin.tokens;
       std::vector<float> e(batch * d), eg(batch * d), sc(batch * d);
       ASSERT_TRUE(cpu.Prelude(cc, tokens, e.data()).ok());
       ASSERT_TRUE(gpu->Prelude(gc, tokens, eg.data()).ok());
@@ -347,16 +360,9 @@ TEST(CudaBatchTest, MmaKernelWithSplitKMatchesTheCpu) {
     model->set_pdl(pdl);
     for (int64_t batch : {4, 8, 13, 32}) {
       SCOPED_TRACE("batch " + std::to_string(batch) + (pdl ? ", pdl" : ""));
-      std::vector<std::unique_ptr<SequenceCache>> caches;
-      std::vector<Chunk> cc, gc;
-      std::vector<int32_t> tokens;
-      for (int64_t b = 0; b < batch; ++b) {
-        caches.push_back(cpu.NewCache());
-        cc.push_back({caches.back().get(), 0, 1});
-        caches.push_back(gpu->NewCache());
-        gc.push_back({caches.back().get(), 0, 1});
-        tokens.push_back(static_cast<int32_t>((97 * b + 5) % cfg.vocab_size));
-      }
+      TwinBatch twin = NewTwinBatch(cpu, *gpu, batch, 97);
+      std::vector<Chunk>&cc = twin.cpu, &gc = twin.gpu;
+      const std::vector<int32_t>& tokens = twin.tokens;
       std::vector<float> e(batch * d), eg(batch * d), sc(batch * d);
       ASSERT_TRUE(cpu.Prelude(cc, tokens, e.data()).ok());
       ASSERT_TRUE(gpu->Prelude(gc, tokens, eg.data()).ok());
@@ -400,14 +406,8 @@ TEST(CudaBatchTest, CoreStepsInOneCallMatchTheCpu) {
 #endif
     SCOPED_TRACE(candidate ? "mma and pdl" : "defaults");
     for (int64_t batch : {1, 3, 8}) {
-      std::vector<std::unique_ptr<SequenceCache>> caches;
-      std::vector<Chunk> cc, gc;
-      for (int64_t b = 0; b < batch; ++b) {
-        caches.push_back(cpu.NewCache());
-        cc.push_back({caches.back().get(), 0, 1});
-        caches.push_back(gpu->NewCache());
-        gc.push_back({caches.back().get(), 0, 1});
-      }
+      TwinBatch twin = NewTwinBatch(cpu, *gpu, batch, 1);
+      std::vector<Chunk>&cc = twin.cpu, &gc = twin.gpu;
       for (int64_t token = 0; token < 4; ++token) {
         std::vector<int32_t> tokens;
         for (int64_t b = 0; b < batch; ++b) {
