@@ -24,8 +24,8 @@ struct Runtime {
                                    bool require_tokenizer);
 
 // Adds `--backend cpu|cuda` (the executor that runs the model), `--threads N` (its CPU
-// threads), `--device N`, `--cuda-weights bf16|f32`, `--cuda-mma-rows N`, `--cuda-pdl` and
-// `--cuda-device-signals` to a command.
+// threads), `--device N`, `--cuda-weights bf16|f32`, `--cuda-mma-rows N`, `--cuda-pdl`,
+// `--cuda-device-signals` and `--cuda-fused-attention` to a command.
 void AddBackendFlag(CLI::App* cmd, exec::BackendOptions* backend);
 
 // "1.50 MiB".

@@ -25,8 +25,9 @@
 
 namespace ponder::exec {
 
-// A run of new tokens of one sequence inside a batched call. Rows of all chunks are
-// concatenated in call order: chunk b owns rows [row_offset(b), row_offset(b) + count).
+// A run of new tokens of one sequence inside a batched call (the chunks of a call belong to
+// distinct sequences). Rows of all chunks are concatenated in call order: chunk b owns rows
+// [row_offset(b), row_offset(b) + count).
 struct Chunk {
   SequenceCache* cache = nullptr;  // the sequence's KV cache (not owned)
   int64_t pos = 0;                 // position of the first new token
@@ -180,11 +181,12 @@ struct BackendOptions {
   std::string cuda_weights = "bf16";  // CUDA weight storage: "bf16" or "f32" (f32 accumulation)
   // CUDA settings that have not yet run on a GPU in this version, off by default
   // (bench/gpu/README.md): MmaKernel for products of up to this many rows (4 to 32; 0: off;
-  // -1: the backend's default), programmatic dependent launch between kernels, and the
-  // logit checks' values computed on the device.
+  // -1: the backend's default), programmatic dependent launch between kernels, the logit
+  // checks' values computed on the device, and RoPE and attention in one kernel in decode.
   int cuda_mma_rows = -1;
   bool cuda_pdl = false;
   bool cuda_device_signals = false;
+  bool cuda_fused_attention = false;
 };
 
 // The backend `options.kind` on the given weights (which must outlive it). An unknown

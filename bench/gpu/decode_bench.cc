@@ -150,36 +150,42 @@ int main(int argc, char** argv) {
     return bench::Median(times);
   };
 
-  std::printf("%8s %6s %6s %12s %12s %12s %10s %12s\n", "path", "batch", "r", "floor_ms", "step_ms",
-              "of_floor", "tok/s", "bytes/step");
+  std::printf("%14s %6s %6s %12s %12s %12s %10s %12s\n", "path", "batch", "r", "floor_ms",
+              "step_ms", "of_floor", "tok/s", "bytes/step");
   std::string json = "{\"device\": \"" + gpu->device().name +
                      "\", \"copy_bandwidth_gbs\": " + std::to_string(*bw / 1e9) + ", \"rows\": [";
   bool first = true;
   // default: the backend's defaults (products of up to 3 rows in GemvKernel, more in
-  // cuBLAS; CUDA graphs) with the r iterations of a token in one call; mma-pdl: the same
-  // with MmaKernel for 4 to 32 rows and programmatic dependent launch between kernels (the
-  // candidate defaults); per-step: default with one call per iteration (one graph each, as
-  // a scheduler that checks for an exit after every iteration issues them); nograph:
-  // per-step without graphs; cublas: every product in cuBLAS (inputs split into two bf16
-  // parts), per-step, no graphs: the backend's products before its own kernels.
+  // cuBLAS; CUDA graphs) with the r iterations of a token in one call; per-step: default
+  // with one call per iteration (one graph each, as a scheduler that checks for an exit
+  // after every iteration issues them); nograph: per-step without graphs; cublas: every
+  // product in cuBLAS (inputs split into two bf16 parts), per-step, no graphs: the
+  // backend's products before its own kernels. The candidate defaults, each on its own
+  // beside default and then all together: pdl (programmatic dependent launch between
+  // kernels), fused (RoPE and attention in one kernel), mma-pdl-fused (both, and MmaKernel
+  // for 4 to 32 rows).
   // The goals of the issue (H200, r = 32): batch 1 at most 30 ms per token, batch 8 at
   // least 250 tokens/s; the best path at each, for the summary.
   std::string best_path[2];
   double best_s[2] = {0, 0};
   // (The paths that have run on a GPU first; the candidate last, and the logit check on the
   // device after everything else, so that a fault there costs no other figure.)
-  for (const std::string path : {"default", "per-step", "nograph", "cublas", "mma-pdl"}) {
+  for (const std::string path :
+       {"default", "per-step", "nograph", "cublas", "pdl", "fused", "mma-pdl-fused"}) {
     gpu->set_graphs(path != "nograph" && path != "cublas");
-    gpu->set_pdl(path == "mma-pdl");
-    gpu->set_mma(path == "mma-pdl" ? 32 : exec::cuda::CudaModel::kMmaDefaultRows);
+    gpu->set_pdl(path == "pdl" || path == "mma-pdl-fused");
+    gpu->set_fused_attention(path == "fused" || path == "mma-pdl-fused");
+    gpu->set_mma(path == "mma-pdl-fused" ? 32 : exec::cuda::CudaModel::kMmaDefaultRows);
     if (path == "cublas") {
       gpu->set_gemv(0);
       gpu->set_mma(0);
     }
+    const bool per_step = path == "per-step" || path == "nograph" || path == "cublas";
     for (int64_t batch : Ints(batches)) {
-      if (path == "nograph" && batch > 1) continue;
+      // (From 4 rows the defaults' products are cuBLAS's: nograph times them.)
+      if (path == "cublas" && batch > 3) continue;
       for (int64_t r : Ints(depths)) {
-        const double step_s = decode(batch, r, path != "default" && path != "mma-pdl");
+        const double step_s = decode(batch, r, per_step);
         const int goal = batch == 1 && r == 32 ? 0 : batch == 8 && r == 32 ? 1 : -1;
         if (goal >= 0 && (best_s[goal] == 0 || step_s < best_s[goal])) {
           best_s[goal] = step_s;
@@ -187,7 +193,7 @@ int main(int argc, char** argv) {
         }
         const double bytes = static_cast<double>(fixed + r * per_iteration);
         const double floor_s = bytes / *bw;
-        std::printf("%8s %6lld %6lld %12.2f %12.2f %11.0f%% %10.1f %12.3e\n", path.c_str(),
+        std::printf("%14s %6lld %6lld %12.2f %12.2f %11.0f%% %10.1f %12.3e\n", path.c_str(),
                     (long long)batch, (long long)r, floor_s * 1e3, step_s * 1e3,
                     100.0 * floor_s / step_s, batch / step_s, bytes);
         std::fflush(stdout);
@@ -199,11 +205,16 @@ int main(int argc, char** argv) {
         first = false;
       }
     }
+    if (path != "nograph" && path != "cublas" && !gpu->graphs()) {
+      std::printf("(%s: a graph capture failed and graphs went off; stderr says why)\n",
+                  path.c_str());
+    }
     gpu->set_gemv(exec::cuda::CudaModel::kGemvDefaultRows);
     gpu->set_mma(exec::cuda::CudaModel::kMmaDefaultRows);
   }
   gpu->set_graphs(true);
   gpu->set_pdl(false);
+  gpu->set_fused_attention(false);
   if (best_s[0] > 0) {
     std::printf("\ngoal, batch 1, r = 32, at most 30 ms per token: %.2f ms (%s): %s\n",
                 best_s[0] * 1e3, best_path[0].c_str(), best_s[0] <= 0.030 ? "met" : "missed");
@@ -215,17 +226,20 @@ int main(int argc, char** argv) {
   std::fflush(stdout);
 
   // Where a core step's time goes (device time per CoreStep, by stage, without graphs: an
-  // event after each kernel), at r = 32.
-  for (int64_t batch : {1, 8}) {
+  // event after each kernel), at r = 32: the defaults at batch 1 and 8, and RoPE and
+  // attention in one kernel at batch 1.
+  for (const auto& [batch, fused] : {std::pair<int64_t, bool>{1, false}, {8, false}, {1, true}}) {
+    gpu->set_fused_attention(fused);
     gpu->set_profile(true);
     decode(batch, 32, /*per_step=*/true);
     gpu->set_profile(false);
+    gpu->set_fused_attention(false);
     int64_t steps = 0;
     const auto stages = gpu->TakeProfile(&steps);
     double total = 0;
     for (const auto& [name, ms] : stages) total += ms;
-    std::printf("\ncore step by stage, batch %lld, r = 32 (%lld steps; ms per step)\n",
-                (long long)batch, (long long)steps);
+    std::printf("\ncore step by stage, batch %lld, r = 32%s (%lld steps; ms per step)\n",
+                (long long)batch, fused ? ", fused attention" : "", (long long)steps);
     for (const auto& [name, ms] : stages) {
       std::printf("  %-36s %8.4f\n", name.c_str(), ms / std::max<int64_t>(steps, 1));
     }

@@ -32,14 +32,14 @@ void Die(const char* what, const char* detail, const char* file, int line) {
     if (err_ != cudaSuccess) Die(#call, cudaGetErrorString(err_), __FILE__, __LINE__); \
   } while (0)
 
-#define PONDER_CUBLAS_CHECK(call)                                                                 \
-  do {                                                                                            \
-    const cublasStatus_t st_ = (call);                                                            \
-    if (st_ != CUBLAS_STATUS_SUCCESS) Die(#call, cublasGetStatusString(st_), __FILE__, __LINE__); \
-  } while (0)
-
 Status CudaStatus(cudaError_t err, const std::string& what) {
   return Unavailable("backend cuda: " + what + ": " + cudaGetErrorString(err));
+}
+
+// Whether every chunk of a call has one new row (a decode call; the chunks of a call are
+// distinct sequences, so no row reads a key or value another row of the call writes).
+bool OneRowEach(std::span<const Chunk> chunks) {
+  return std::all_of(chunks.begin(), chunks.end(), [](const Chunk& c) { return c.count == 1; });
 }
 
 constexpr int kThreads = 256;
@@ -457,6 +457,26 @@ __global__ void PatternKernel(float* x, int64_t total) {
   }
 }
 
+// qk bias (before RoPE) and RoPE on one adjacent pair (j, j + 1) of q and of k at `pos`
+// (pair i of its head), into qo and ko. The roundings are spelled out (no fused
+// multiply-add), so that every kernel calling this computes the same values.
+__device__ inline void RopePair(const float* q, const float* k, const float* bias, int64_t d,
+                                int64_t j, const float* cos_t, const float* sin_t, int64_t pos,
+                                int64_t half, int64_t i, float (&qo)[2], float (&ko)[2]) {
+  const float c = cos_t[pos * half + i], s = sin_t[pos * half + i];
+  float q0 = q[j], q1 = q[j + 1], k0 = k[j], k1 = k[j + 1];
+  if (bias != nullptr) {
+    q0 += bias[j];
+    q1 += bias[j + 1];
+    k0 += bias[d + j];
+    k1 += bias[d + j + 1];
+  }
+  qo[0] = __fsub_rn(__fmul_rn(q0, c), __fmul_rn(q1, s));
+  qo[1] = __fadd_rn(__fmul_rn(q0, s), __fmul_rn(q1, c));
+  ko[0] = __fsub_rn(__fmul_rn(k0, c), __fmul_rn(k1, s));
+  ko[1] = __fadd_rn(__fmul_rn(k0, s), __fmul_rn(k1, c));
+}
+
 // qk bias (before RoPE), RoPE on adjacent pairs of q and k, then the row's k and v go to
 // its KV page rows. One block per row. qkv: [N, 3d]; bias: [2d] or null.
 __global__ void __launch_bounds__(kRowThreads)
@@ -466,7 +486,7 @@ __global__ void __launch_bounds__(kRowThreads)
   AfterPrevious();
   const int64_t r = blockIdx.x;
   float* q = qkv + r * 3 * d;
-  float* k = q + d;
+  const float* k = q + d;
   const float* v = k + d;
   const int64_t half = hd / 2;
   const int64_t pos = positions[r];
@@ -476,18 +496,12 @@ __global__ void __launch_bounds__(kRowThreads)
   for (int64_t m = threadIdx.x; m < d / 2; m += blockDim.x) {
     const int64_t h = m / half, i = m % half;
     const int64_t j = h * hd + 2 * i;
-    const float c = cos_t[pos * half + i], s = sin_t[pos * half + i];
-    float q0 = q[j], q1 = q[j + 1], k0 = k[j], k1 = k[j + 1];
-    if (bias != nullptr) {
-      q0 += bias[j];
-      q1 += bias[j + 1];
-      k0 += bias[d + j];
-      k1 += bias[d + j + 1];
-    }
-    q[j] = q0 * c - q1 * s;
-    q[j + 1] = q0 * s + q1 * c;
-    kout[j] = k0 * c - k1 * s;
-    kout[j + 1] = k0 * s + k1 * c;
+    float qo[2], ko[2];
+    RopePair(q, k, bias, d, j, cos_t, sin_t, pos, half, i, qo, ko);
+    q[j] = qo[0];
+    q[j + 1] = qo[1];
+    kout[j] = ko[0];
+    kout[j + 1] = ko[1];
   }
 #pragma unroll 4
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x) vout[j] = v[j];
@@ -495,30 +509,27 @@ __global__ void __launch_bounds__(kRowThreads)
 
 constexpr int kWarps = kThreads / 32;
 
-// Shared memory of AttentionKernel for `visible` positions.
+// Shared memory of AttentionKernel for `visible` positions (RopeAttentionKernel: hd more,
+// its row's query).
 size_t AttentionSmem(int64_t hd, int64_t visible) {
   return static_cast<size_t>(kWarps + kWarps * hd + visible) * sizeof(float);
 }
 
-// Causal attention of one query row and one head: out[r, h] = softmax(q . K^T * scale) V
-// over the row's visible positions, whose key and value rows are given by pointer tables
-// (a chunk's table lists its positions in order; a token that stopped iterating early
-// points at its last iteration's rows). Grid (N, heads). Each warp takes every kWarps-th
-// position: a score is one warp's dot product (lanes over the head's elements), and the
-// weighted sum of values is summed per warp, then over the warps in order. Shared memory
+// Causal attention of one query row q (head h's hd elements) and one head: out[r, h] =
+// softmax(q . K^T * scale) V over the row's visible positions, whose key and value rows are
+// given by pointer tables (a chunk's table lists its positions in order; a token that
+// stopped iterating early points at its last iteration's rows). Each warp takes every
+// kWarps-th position: a score is one warp's dot product (lanes over the head's elements),
+// and the weighted sum of values is summed per warp, then over the warps in order. `smem`
 // (AttentionSmem): the reduction slots, the warps' partial outputs and the scores.
-__global__ void AttentionKernel(const float* qkv, const int32_t* row_table,
-                                const int32_t* row_visible, const float* const* kp,
-                                const float* const* vp, int64_t d, int64_t hd, float scale,
-                                float* out) {
-  AfterPrevious();
-  extern __shared__ float smem[];
+__device__ void AttendRow(const float* q, int64_t r, int64_t h, const int32_t* row_table,
+                          const int32_t* row_visible, const float* const* kp,
+                          const float* const* vp, int64_t d, int64_t hd, float scale, float* out,
+                          float* smem) {
   float* red = smem;                   // kWarps
   float* part = smem + kWarps;         // kWarps x hd
   float* scores = part + kWarps * hd;  // visible
-  const int64_t r = blockIdx.x, h = blockIdx.y;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const float* q = qkv + r * 3 * d + h * hd;
   const int64_t base = row_table[r];
   const int64_t visible = row_visible[r];
   float mx = -INFINITY;
@@ -552,6 +563,55 @@ __global__ void AttentionKernel(const float* qkv, const int32_t* row_table,
     for (int w = 0; w < kWarps; ++w) acc += part[w * hd + i];
     out[r * d + h * hd + i] = acc * inv;
   }
+}
+
+// Attention of each new row (after RopeStoreKernel), AttendRow. Grid (N, heads).
+__global__ void AttentionKernel(const float* qkv, const int32_t* row_table,
+                                const int32_t* row_visible, const float* const* kp,
+                                const float* const* vp, int64_t d, int64_t hd, float scale,
+                                float* out) {
+  AfterPrevious();
+  extern __shared__ float smem[];
+  const int64_t r = blockIdx.x, h = blockIdx.y;
+  AttendRow(qkv + r * 3 * d + h * hd, r, h, row_table, row_visible, kp, vp, d, hd, scale, out,
+            smem);
+}
+
+// RopeStoreKernel and AttentionKernel in one launch, for calls whose every chunk has one
+// new row (decode): no row attends to a key another block writes. Block (r, h) applies the
+// bias and RoPE to head h of row r's q (into shared memory) and k, stores that head's k and
+// v in the row's KV page rows, then attends with them as AttentionKernel does (the same
+// helpers, RopePair and AttendRow). Grid (N, heads); shared memory AttentionSmem + hd
+// floats.
+__global__ void RopeAttentionKernel(const float* qkv, const float* bias, const float* cos_t,
+                                    const float* sin_t, const int32_t* positions,
+                                    float* const* kdst, float* const* vdst,
+                                    const int32_t* row_table, const int32_t* row_visible,
+                                    const float* const* kp, const float* const* vp, int64_t d,
+                                    int64_t hd, float scale, float* out) {
+  AfterPrevious();
+  extern __shared__ float smem[];
+  const int64_t r = blockIdx.x, h = blockIdx.y;
+  float* qs = smem;  // hd
+  const float* q = qkv + r * 3 * d;
+  const float* k = q + d;
+  const float* v = k + d;
+  const int64_t half = hd / 2;
+  const int64_t pos = positions[r];
+  float* kout = kdst[r];
+  float* vout = vdst[r];
+  for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
+    const int64_t j = h * hd + 2 * i;
+    float qo[2], ko[2];
+    RopePair(q, k, bias, d, j, cos_t, sin_t, pos, half, i, qo, ko);
+    qs[2 * i] = qo[0];
+    qs[2 * i + 1] = qo[1];
+    kout[j] = ko[0];
+    kout[j + 1] = ko[1];
+  }
+  for (int64_t j = h * hd + threadIdx.x; j < (h + 1) * hd; j += blockDim.x) vout[j] = v[j];
+  __syncthreads();  // the query, key and value are written (and seen by this block)
+  AttendRow(qs, r, h, row_table, row_visible, kp, vp, d, hd, scale, out, smem + hd);
 }
 
 // g[r, j] = silu(f[r, j]) * f[r, ffn + j]; f: [N, 2 ffn], g: [N, ffn].
@@ -863,8 +923,8 @@ struct CudaModel::Impl {
     for (cudaEvent_t ev : events) cudaEventDestroy(ev);
     for (const auto& [key, exec] : graph_cache) cudaGraphExecDestroy(exec);
     if (last_end != nullptr) cudaEventDestroy(last_end);
+    if (blas != nullptr) cublasDestroy(blas);  // (before its workspace, in `allocations`)
     for (void* p : allocations) cudaFree(p);
-    if (blas != nullptr) cublasDestroy(blas);
     if (stream != nullptr) cudaStreamDestroy(stream);
   }
 
@@ -931,6 +991,10 @@ struct CudaModel::Impl {
   // Programmatic dependent launch between this backend's kernels (set_pdl; off while
   // profiling, whose events sit between the kernels).
   bool pdl = false;
+  // RoPE and attention in one kernel where every chunk has one row (set_fused_attention),
+  // where its shared memory fits (block_size).
+  bool fused_attention = false;
+  bool fused_fits = true;
 
   // Launches `kernel` on the stream, with programmatic dependent launch when it is on
   // (every kernel of this file waits for the previous one before touching activations:
@@ -947,7 +1011,7 @@ struct CudaModel::Impl {
     attr[0].val.programmaticStreamSerializationAllowed = pdl && !profiling ? 1 : 0;
     cfg.attrs = attr;
     cfg.numAttrs = 1;
-    PONDER_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, static_cast<P>(args)...));
+    Check(cudaLaunchKernelEx(&cfg, kernel, static_cast<P>(args)...), "cudaLaunchKernelEx");
   }
 
   // Which kernel computes a product of n input rows: GemvKernel (up to gemv_max_rows rows),
@@ -966,11 +1030,15 @@ struct CudaModel::Impl {
     return Path::kBlas;
   }
 
-  // Every product of a core step of n rows runs in an own kernel (the condition of a CUDA
-  // graph of the step).
-  bool AllOwn(int64_t n) const {
-    return (GemvRows(n) && d % 8 == 0 && ffn_dim % 8 == 0) ||
-           (MmaRows(n) && d % 32 == 0 && ffn_dim % 32 == 0);
+  // The most any cuBLAS product of a core step of n rows needs of `stage` (bytes: the
+  // inputs' bf16 parts, or compacted f32 inputs) and of `parts` (floats: the two halves'
+  // outputs), grown before a step is captured in a graph.
+  // (With f32 weights a core step's products use neither: their inputs are compact.)
+  size_t BlasStageBytes(int64_t n) const {
+    return bf16 ? static_cast<size_t>(4 * n * std::max(d, ffn_dim)) : 0;
+  }
+  size_t BlasPartsFloats(int64_t n) const {
+    return bf16 ? static_cast<size_t>(2 * n * std::max(3 * d, 2 * ffn_dim)) : 0;
   }
 
   bool GemvRows(int64_t n) const { return bf16 && n >= 1 && n <= gemv_max_rows && n <= kGemvMaxN; }
@@ -1100,13 +1168,22 @@ struct CudaModel::Impl {
         break;
     }
     // Column-major view: C[out, m] = A^T[out, k] B[k, m], A = W^T stored [cols, rows].
+    // (A product that fails while a graph is captured ends the capture, RunGraph.)
     auto gemm = [&](const void* xs, int64_t m, cudaDataType type, float* out, int64_t ldo,
                     const float* b) {
-      PONDER_CUBLAS_CHECK(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(w.rows),
-                                       static_cast<int>(m), static_cast<int>(k), &alpha, wp, type,
-                                       static_cast<int>(w.cols), xs, type, static_cast<int>(k), b,
-                                       out, CUDA_R_32F, static_cast<int>(ldo), CUBLAS_COMPUTE_32F,
-                                       CUBLAS_GEMM_DEFAULT));
+      const cublasStatus_t st =
+          cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(w.rows),
+                       static_cast<int>(m), static_cast<int>(k), &alpha, wp, type,
+                       static_cast<int>(w.cols), xs, type, static_cast<int>(k), b, out, CUDA_R_32F,
+                       static_cast<int>(ldo), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+      if (st == CUBLAS_STATUS_SUCCESS) return;
+      if (capturing) {
+        if (capture_failure.empty()) {
+          capture_failure = std::string("cublasGemmEx: ") + cublasGetStatusString(st);
+        }
+        return;
+      }
+      Die("cublasGemmEx", cublasGetStatusString(st), __FILE__, __LINE__);
     };
     if (!bf16) {
       const float* xs = x;
@@ -1165,6 +1242,7 @@ struct CudaModel::Impl {
   struct TableOffsets {
     size_t positions, kdst, vdst, row_table, row_visible, kp, vp;
     int64_t max_visible;
+    bool single_rows;  // every chunk has one new row (decode)
   };
   struct Tables {
     const int32_t* positions;
@@ -1175,6 +1253,7 @@ struct CudaModel::Impl {
     const float* const* kp;
     const float* const* vp;
     int64_t max_visible;
+    bool single_rows;
   };
 
   // Appends one layer's tables. Each new row writes its own rows of `slots[b]`; attention
@@ -1188,6 +1267,7 @@ struct CudaModel::Impl {
     for (const Chunk& c : chunks) t_total += c.pos + c.count;
     auto align = [](size_t x) { return (x + 7) & ~size_t{7}; };
     TableOffsets o{};
+    o.single_rows = OneRowEach(chunks);
     o.positions = align(host_table.size());
     o.kdst = align(o.positions + n * 4);
     o.vdst = o.kdst + n * 8;
@@ -1248,8 +1328,8 @@ struct CudaModel::Impl {
   }
 
   void CopyTables() {
-    PONDER_CUDA_CHECK(
-        cudaMemcpyAsync(table_dev, table_pinned.ptr, table_bytes, cudaMemcpyHostToDevice, stream));
+    Check(cudaMemcpyAsync(table_dev, table_pinned.ptr, table_bytes, cudaMemcpyHostToDevice, stream),
+          "cudaMemcpyAsync (tables)");
   }
 
   Tables Resolve(const TableOffsets& o) const {
@@ -1261,7 +1341,8 @@ struct CudaModel::Impl {
             reinterpret_cast<const int32_t*>(dev + o.row_visible),
             reinterpret_cast<const float* const*>(dev + o.kp),
             reinterpret_cast<const float* const*>(dev + o.vp),
-            o.max_visible};
+            o.max_visible,
+            o.single_rows};
   }
 
   // The tables of every layer of `blocks` (slots chosen by `slot_of(b, layer, iteration)`),
@@ -1307,13 +1388,21 @@ struct CudaModel::Impl {
     }
     Lin(hb, n, d, w.wqkv, qkvb, 3 * d);
     Mark("qkv");
-    Launch(RopeStoreKernel, dim3(n), dim3(kRowThreads), 0, qkvb, w.qk_bias, rope_cos, rope_sin,
-           tab.positions, tab.kdst, tab.vdst, d, hd);
-    Mark("rope");
-    Launch(AttentionKernel, dim3(n, heads), dim3(kThreads), AttentionSmem(hd, tab.max_visible),
-           qkvb, tab.row_table, tab.row_visible, tab.kp, tab.vp, d, hd,
-           1.0f / std::sqrt(static_cast<float>(hd)), attnb);
-    Mark("attention");
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    if (fused_attention && fused_fits && tab.single_rows) {
+      Launch(RopeAttentionKernel, dim3(n, heads), dim3(kThreads),
+             AttentionSmem(hd, tab.max_visible) + hd * sizeof(float), qkvb, w.qk_bias, rope_cos,
+             rope_sin, tab.positions, tab.kdst, tab.vdst, tab.row_table, tab.row_visible, tab.kp,
+             tab.vp, d, hd, scale, attnb);
+      Mark("rope + attention");
+    } else {
+      Launch(RopeStoreKernel, dim3(n), dim3(kRowThreads), 0, qkvb, w.qk_bias, rope_cos, rope_sin,
+             tab.positions, tab.kdst, tab.vdst, d, hd);
+      Mark("rope");
+      Launch(AttentionKernel, dim3(n, heads), dim3(kThreads), AttentionSmem(hd, tab.max_visible),
+             qkvb, tab.row_table, tab.row_visible, tab.kp, tab.vp, d, hd, scale, attnb);
+      Mark("attention");
+    }
     Lin(attnb, n, d, w.attn_proj, tmpb, d);
     Mark("attn_proj");
     // then norm_3 of it: x = norm_4(x + mlp(norm_3(x))), mlp = proj(silu(gate) * up)
@@ -1330,7 +1419,7 @@ struct CudaModel::Impl {
       Launch(RmsNormKernel, dim3(n), dim3(kRowThreads), 0, xd, tmpb, w.norm_4, d, eps, xd);
     }
     Mark("norm");
-    PONDER_CUDA_CHECK(cudaGetLastError());
+    Check(cudaGetLastError(), "a block's kernels");
   }
 
   // The blocks in order on x [N, d] in place, with their uploaded tables.
@@ -1392,13 +1481,26 @@ struct CudaModel::Impl {
     profiling = false;
   }
 
-  // CUDA graphs of decode core steps (every product in GemvKernel): one per key, the
-  // launch's shape and every buffer it touches. A key seen the second time is captured
-  // (by then every scratch buffer has its size: nothing is allocated during the capture);
-  // later steps with that key replay it, about 35 launches as one. A failed capture turns
-  // graphs off for this model and the step runs as plain launches.
+  // CUDA graphs of decode core steps (every sequence one new row): one per key, the
+  // launch's shape and every buffer it touches. A key seen the second time is captured (by then
+  // every scratch buffer has its size: nothing is allocated during the capture; cuBLAS has a
+  // workspace of its own, set at creation); later steps with that key replay it, about 35 launches
+  // (more with cuBLAS products) as one. A failed capture turns graphs off for this model and the
+  // step runs as plain launches.
   using GraphKey = std::vector<uintptr_t>;
   bool graphs = true;
+  bool capturing = false;
+  std::string capture_failure;  // what failed first during the capture (empty: nothing)
+
+  // A CUDA call's result in code a graph may capture: an error ends the process, except
+  // during a capture, where the first one is kept and the capture goes on to its end
+  // (RunGraph then runs the step as plain launches).
+  void Check(cudaError_t err, const char* what) {
+    if (err == cudaSuccess) return;
+    if (!capturing) Die(what, cudaGetErrorString(err), __FILE__, __LINE__);
+    if (capture_failure.empty())
+      capture_failure = std::string(what) + ": " + cudaGetErrorString(err);
+  }
   std::vector<std::pair<GraphKey, cudaGraphExec_t>> graph_cache;
   std::vector<GraphKey> graph_seen;
   static constexpr size_t kGraphCacheSize = 16;
@@ -1420,15 +1522,21 @@ struct CudaModel::Impl {
     cudaGraph_t graph = nullptr;
     cudaGraphExec_t exec = nullptr;
     cudaError_t err = cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal);
+    capture_failure.clear();
     if (err == cudaSuccess) {
+      capturing = true;
       enqueue();
+      capturing = false;
       err = cudaStreamEndCapture(stream, &graph);
     }
-    if (err == cudaSuccess) err = cudaGraphInstantiate(&exec, graph, 0);
+    if (err == cudaSuccess && capture_failure.empty()) {
+      err = cudaGraphInstantiate(&exec, graph, 0);
+    }
     if (graph != nullptr) cudaGraphDestroy(graph);
-    if (err != cudaSuccess) {
+    if (err != cudaSuccess || !capture_failure.empty()) {
       cudaGetLastError();
-      std::fprintf(stderr, "ponder: CUDA backend: graphs off (%s)\n", cudaGetErrorString(err));
+      std::fprintf(stderr, "ponder: CUDA backend: graphs off (%s)\n",
+                   capture_failure.empty() ? cudaGetErrorString(err) : capture_failure.c_str());
       graphs = false;
       enqueue();
       return;
@@ -1493,15 +1601,22 @@ Result<std::unique_ptr<Backend>> CudaModel::Create(const model::Config& config,
   im.attn_smem_limit = prop.sharedMemPerBlockOptin;
   im.sm_count = prop.multiProcessorCount;
   const size_t need = AttentionSmem(config.head_dim, config.block_size);
-  if (need > 48 * 1024) {
-    if (need > im.attn_smem_limit) {
-      return InvalidArgument("backend cuda: block_size " + std::to_string(config.block_size) +
-                             " needs " + std::to_string(need) +
-                             " bytes of shared memory per attention block; the device has " +
-                             std::to_string(im.attn_smem_limit));
-    }
-    if (cudaError_t e = cudaFuncSetAttribute(
-            AttentionKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(need));
+  if (need > im.attn_smem_limit) {
+    return InvalidArgument("backend cuda: block_size " + std::to_string(config.block_size) +
+                           " needs " + std::to_string(need) +
+                           " bytes of shared memory per attention block; the device has " +
+                           std::to_string(im.attn_smem_limit));
+  }
+  // RopeAttentionKernel needs head_dim floats more; where they do not fit, the two kernels
+  // run instead.
+  const size_t need_fused = need + config.head_dim * sizeof(float);
+  im.fused_fits = need_fused <= im.attn_smem_limit;
+  for (const auto& [kernel, bytes] :
+       {std::pair{reinterpret_cast<const void*>(AttentionKernel), need},
+        std::pair{reinterpret_cast<const void*>(RopeAttentionKernel), need_fused}}) {
+    if (bytes <= 48 * 1024 || bytes > im.attn_smem_limit) continue;
+    if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             static_cast<int>(bytes));
         e != cudaSuccess) {
       return CudaStatus(e, "cudaFuncSetAttribute");
     }
@@ -1536,6 +1651,19 @@ Result<std::unique_ptr<Backend>> CudaModel::Create(const model::Config& config,
     return Unavailable("backend cuda: cublasCreate failed");
   }
   cublasSetStream(im.blas, im.stream);
+  // A workspace of cuBLAS's own, so that a product captured in a graph allocates nothing
+  // (32 MiB, what cuBLAS suggests for Hopper).
+  {
+    constexpr size_t kBlasWorkspace = size_t{32} << 20;
+    void* ws = nullptr;
+    if (cudaError_t e = cudaMalloc(&ws, kBlasWorkspace); e != cudaSuccess) {
+      return CudaStatus(e, "cudaMalloc (cuBLAS workspace)");
+    }
+    im.allocations.push_back(ws);
+    if (cublasSetWorkspace(im.blas, ws, kBlasWorkspace) != CUBLAS_STATUS_SUCCESS) {
+      return Unavailable("backend cuda: cublasSetWorkspace failed");
+    }
+  }
   im.pages.set_device(device);
   im.bf16 = weights_dtype == "bf16";
   im.d = config.n_embd;
@@ -1659,10 +1787,13 @@ void CudaModel::CoreSteps(std::span<const Chunk> chunks, std::span<const int64_t
       im.RunBlocks(n, im.core, std::span(tables).subspan(j * layers, layers), buf[1 - cur], eps);
       cur = 1 - cur;
     }
-    PONDER_CUDA_CHECK(cudaMemcpyAsync(out, buf[last], bytes, cudaMemcpyDeviceToHost, im.stream));
+    im.Check(cudaMemcpyAsync(out, buf[last], bytes, cudaMemcpyDeviceToHost, im.stream),
+             "cudaMemcpyAsync (state)");
     im.Mark("download");
   };
-  if (!im.graphs || im.profile || !im.AllOwn(n)) {
+  // (Prefill and calls that mix prompts with decode rows run as plain launches: their shapes
+  // seldom recur, and their graphs would push out the decode steps'.)
+  if (!im.graphs || im.profile || !OneRowEach(chunks)) {
     im.Adapter(buf[in], ed, n, buf[1 - in]);  // while the host builds the tables
     im.Mark("adapter");
     const auto tables = build_tables(/*copy=*/true);
@@ -1679,7 +1810,9 @@ void CudaModel::CoreSteps(std::span<const Chunk> chunks, std::span<const int64_t
                         im.ffn.Get(2 * n * im.ffn_dim),
                         im.gate.Get(n * im.ffn_dim),
                         im.MmaRows(n) ? im.MmaStepWorkspace(n) : nullptr,
-                        reinterpret_cast<float*>(im.mma_done.ptr)};
+                        reinterpret_cast<float*>(im.mma_done.ptr),
+                        reinterpret_cast<float*>(im.stage.Get(im.BlasStageBytes(n))),
+                        im.parts.Get(im.BlasPartsFloats(n))};
     Impl::GraphKey key = {static_cast<uintptr_t>(n),
                           static_cast<uintptr_t>(steps),
                           static_cast<uintptr_t>(in),
@@ -1689,6 +1822,8 @@ void CudaModel::CoreSteps(std::span<const Chunk> chunks, std::span<const int64_t
                           static_cast<uintptr_t>(im.gemv_block_rows),
                           static_cast<uintptr_t>(im.mma_max_rows),
                           static_cast<uintptr_t>(im.pdl),
+                          static_cast<uintptr_t>(im.fused_attention),
+                          static_cast<uintptr_t>(!tables.empty() && tables[0].single_rows),
                           reinterpret_cast<uintptr_t>(ed),
                           reinterpret_cast<uintptr_t>(buf[0]),
                           reinterpret_cast<uintptr_t>(buf[1]),
@@ -1855,6 +1990,7 @@ void CudaModel::set_device_signals(bool on) { impl_->device_signals = on; }
 
 void CudaModel::set_profile(bool on) { impl_->profile = on; }
 void CudaModel::set_graphs(bool on) { impl_->graphs = on; }
+void CudaModel::set_fused_attention(bool on) { impl_->fused_attention = on; }
 bool CudaModel::graphs() const { return impl_->graphs; }
 
 std::vector<std::pair<std::string, double>> CudaModel::TakeProfile(int64_t* steps) {

@@ -90,8 +90,8 @@ class CudaModel : public Backend {
   // slows the steps a little). TakeProfile returns the milliseconds per stage summed since
   // the last call, in first-seen order, with the number of CoreSteps in `steps`, and resets.
   void set_profile(bool on);
-  // Decode core steps whose products all run in the backend's own kernel replay a CUDA
-  // graph of the step (on by default; profiling runs without).
+  // Decode core steps replay a CUDA graph of the step (or of CoreSteps' steps), whichever
+  // kernels compute their products (on by default; profiling runs without).
   void set_graphs(bool on);
   // Whether graphs are on (a failed capture turns them off, with a message on stderr).
   bool graphs() const;
@@ -99,6 +99,10 @@ class CudaModel : public Backend {
   // GPU run has measured it): each kernel is scheduled while the one before it runs and
   // waits for it before touching activations; MmaKernel loads its first weights meanwhile.
   void set_pdl(bool on);
+  // RoPE (with the qk bias and the KV store) and attention in one kernel for calls whose
+  // every sequence has one new row (decode): one launch fewer per layer (off by default,
+  // until a GPU run has checked and timed it).
+  void set_fused_attention(bool on);
   std::vector<std::pair<std::string, double>> TakeProfile(int64_t* steps);
   // Milliseconds of one core iteration's matrix products alone (the adapter and each core
   // layer's four) for `rows` input rows, the median of `repeats` timed with device events.
