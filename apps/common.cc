@@ -39,8 +39,9 @@ void AddBackendFlag(CLI::App* cmd, exec::BackendOptions* backend) {
                 "CUDA: programmatic dependent launch between kernels");
   cmd->add_flag("--cuda-device-signals", backend->cuda_device_signals,
                 "CUDA: compute the logit rules' values on the device (only they come back)");
-  cmd->add_flag("--cuda-fused-attention", backend->cuda_fused_attention,
-                "CUDA: RoPE and attention in one kernel when decoding");
+  cmd->add_flag("--cuda-lean-kernels", backend->cuda_lean_kernels,
+                "CUDA: norms holding their row in registers; RoPE and attention in one kernel "
+                "when decoding");
 }
 
 std::string HumanBytes(double b) {

@@ -25,7 +25,7 @@ struct Runtime {
 
 // Adds `--backend cpu|cuda` (the executor that runs the model), `--threads N` (its CPU
 // threads), `--device N`, `--cuda-weights bf16|f32`, `--cuda-mma-rows N`, `--cuda-pdl`,
-// `--cuda-device-signals` and `--cuda-fused-attention` to a command.
+// `--cuda-device-signals` and `--cuda-lean-kernels` to a command.
 void AddBackendFlag(CLI::App* cmd, exec::BackendOptions* backend);
 
 // "1.50 MiB".

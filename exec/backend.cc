@@ -204,7 +204,7 @@ Result<std::unique_ptr<Backend>> MakeBackend(const BackendOptions& options,
       if (options.cuda_mma_rows >= 0) gpu->set_mma(options.cuda_mma_rows);
       gpu->set_pdl(options.cuda_pdl);
       gpu->set_device_signals(options.cuda_device_signals);
-      gpu->set_fused_attention(options.cuda_fused_attention);
+      gpu->set_lean_kernels(options.cuda_lean_kernels);
     }
     return made;
 #else

@@ -182,11 +182,12 @@ struct BackendOptions {
   // CUDA settings that have not yet run on a GPU in this version, off by default
   // (bench/gpu/README.md): MmaKernel for products of up to this many rows (4 to 32; 0: off;
   // -1: the backend's default), programmatic dependent launch between kernels, the logit
-  // checks' values computed on the device, and RoPE and attention in one kernel in decode.
+  // checks' values computed on the device, and the small kernels' lean forms (norms holding
+  // their row in registers; RoPE and attention in one kernel in decode).
   int cuda_mma_rows = -1;
   bool cuda_pdl = false;
   bool cuda_device_signals = false;
-  bool cuda_fused_attention = false;
+  bool cuda_lean_kernels = false;
 };
 
 // The backend `options.kind` on the given weights (which must outlive it). An unknown

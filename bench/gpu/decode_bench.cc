@@ -162,8 +162,8 @@ int main(int argc, char** argv) {
   // product in cuBLAS (inputs split into two bf16 parts), per-step, no graphs: the
   // backend's products before its own kernels. The candidate defaults, each on its own
   // beside default and then all together: pdl (programmatic dependent launch between
-  // kernels), fused (RoPE and attention in one kernel), mma-pdl-fused (both, and MmaKernel
-  // for 4 to 32 rows).
+  // kernels), lean (the small kernels' lean forms: norms in registers, RoPE and attention
+  // in one kernel), mma-pdl-lean (both, and MmaKernel for 4 to 32 rows).
   // The goals of the issue (H200, r = 32): batch 1 at most 30 ms per token, batch 8 at
   // least 250 tokens/s; the best path at each, for the summary.
   std::string best_path[2];
@@ -171,11 +171,11 @@ int main(int argc, char** argv) {
   // (The paths that have run on a GPU first; the candidate last, and the logit check on the
   // device after everything else, so that a fault there costs no other figure.)
   for (const std::string path :
-       {"default", "per-step", "nograph", "cublas", "pdl", "fused", "mma-pdl-fused"}) {
+       {"default", "per-step", "nograph", "cublas", "pdl", "lean", "mma-pdl-lean"}) {
     gpu->set_graphs(path != "nograph" && path != "cublas");
-    gpu->set_pdl(path == "pdl" || path == "mma-pdl-fused");
-    gpu->set_fused_attention(path == "fused" || path == "mma-pdl-fused");
-    gpu->set_mma(path == "mma-pdl-fused" ? 32 : exec::cuda::CudaModel::kMmaDefaultRows);
+    gpu->set_pdl(path == "pdl" || path == "mma-pdl-lean");
+    gpu->set_lean_kernels(path == "lean" || path == "mma-pdl-lean");
+    gpu->set_mma(path == "mma-pdl-lean" ? 32 : exec::cuda::CudaModel::kMmaDefaultRows);
     if (path == "cublas") {
       gpu->set_gemv(0);
       gpu->set_mma(0);
@@ -214,7 +214,7 @@ int main(int argc, char** argv) {
   }
   gpu->set_graphs(true);
   gpu->set_pdl(false);
-  gpu->set_fused_attention(false);
+  gpu->set_lean_kernels(false);
   if (best_s[0] > 0) {
     std::printf("\ngoal, batch 1, r = 32, at most 30 ms per token: %.2f ms (%s): %s\n",
                 best_s[0] * 1e3, best_path[0].c_str(), best_s[0] <= 0.030 ? "met" : "missed");
@@ -226,20 +226,20 @@ int main(int argc, char** argv) {
   std::fflush(stdout);
 
   // Where a core step's time goes (device time per CoreStep, by stage, without graphs: an
-  // event after each kernel), at r = 32: the defaults at batch 1 and 8, and RoPE and
-  // attention in one kernel at batch 1.
-  for (const auto& [batch, fused] : {std::pair<int64_t, bool>{1, false}, {8, false}, {1, true}}) {
-    gpu->set_fused_attention(fused);
+  // event after each kernel), at r = 32: the defaults at batch 1 and 8, and the lean small
+  // kernels at batch 1.
+  for (const auto& [batch, lean] : {std::pair<int64_t, bool>{1, false}, {8, false}, {1, true}}) {
+    gpu->set_lean_kernels(lean);
     gpu->set_profile(true);
     decode(batch, 32, /*per_step=*/true);
     gpu->set_profile(false);
-    gpu->set_fused_attention(false);
+    gpu->set_lean_kernels(false);
     int64_t steps = 0;
     const auto stages = gpu->TakeProfile(&steps);
     double total = 0;
     for (const auto& [name, ms] : stages) total += ms;
     std::printf("\ncore step by stage, batch %lld, r = 32%s (%lld steps; ms per step)\n",
-                (long long)batch, fused ? ", fused attention" : "", (long long)steps);
+                (long long)batch, lean ? ", lean kernels" : "", (long long)steps);
     for (const auto& [name, ms] : stages) {
       std::printf("  %-36s %8.4f\n", name.c_str(), ms / std::max<int64_t>(steps, 1));
     }

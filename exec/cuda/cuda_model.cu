@@ -123,22 +123,67 @@ __device__ float AddAndRmsScale(float* xr, const float* yr, int64_t d, float eps
   return 1.0f / sqrtf(BlockSum(ss, red) / static_cast<float>(d) + eps);
 }
 
+// Elements of a row each thread of a norm kernel keeps in registers in the norms' lean form
+// (set_lean_kernels): rows up to kNormRegs * kRowThreads = 8192 wide (int indices).
+constexpr int kNormRegs = 8;
+
+// Thread t's elements of a row p: j = t + i * blockDim.x for i < P, 0 where j >= d.
+template <int P>
+__device__ inline void LoadRow(const float* p, int64_t d, float (&v)[P]) {
+#pragma unroll
+  for (int i = 0; i < P; ++i) {
+    const int j = static_cast<int>(threadIdx.x + i * blockDim.x);
+    v[i] = j < d ? p[j] : 0.0f;
+  }
+}
+
 // out[r] = rmsnorm(x[r] (+ y[r])) * w; x, y and out may alias (each thread writes only the
 // elements it read). With `add`, x[r] + y[r] is also the normalised input. One block per row.
+// P = 0: the row streamed in passes (each pass's loads wait for the reduction before it);
+// P > 0 (d <= P * blockDim.x): the row held in registers, every load issued at the start,
+// the same values computed in the same order.
+template <int P>
 __global__ void __launch_bounds__(kRowThreads)
     RmsNormKernel(float* x, const float* y, const float* w, int64_t d, float eps, float* out) {
   AfterPrevious();
   __shared__ float red[kRowThreads / 32];
   const int64_t r = blockIdx.x;
   float* xr = x + r * d;
-  const float scale = AddAndRmsScale(xr, y != nullptr ? y + r * d : nullptr, d, eps, red);
+  const float* yr = y != nullptr ? y + r * d : nullptr;
+  if constexpr (P == 0) {
+    const float scale = AddAndRmsScale(xr, yr, d, eps, red);
 #pragma unroll 4
-  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) out[r * d + j] = (xr[j] * scale) * w[j];
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) out[r * d + j] = (xr[j] * scale) * w[j];
+  } else {
+    float v[P], wv[P], yv[P];
+    LoadRow(xr, d, v);
+    LoadRow(w, d, wv);
+    if (yr != nullptr) {
+      LoadRow(yr, d, yv);
+#pragma unroll
+      for (int i = 0; i < P; ++i) v[i] += yv[i];
+    }
+    float ss = 0.0f;
+#pragma unroll
+    for (int i = 0; i < P; ++i) {
+      if (static_cast<int>(threadIdx.x + i * blockDim.x) < d) ss += v[i] * v[i];
+    }
+    const float scale = 1.0f / sqrtf(BlockSum(ss, red) / static_cast<float>(d) + eps);
+#pragma unroll
+    for (int i = 0; i < P; ++i) {
+      const int j = static_cast<int>(threadIdx.x + i * blockDim.x);
+      if (j >= d) continue;
+      if (yr != nullptr) xr[j] = v[i];
+      out[r * d + j] = (v[i] * scale) * wv[i];
+    }
+  }
 }
 
 // x[r] = rmsnorm(x[r] (+ y[r])) * wa in place, then h[r] = rmsnorm(x[r]) * wb: the two norms
 // that meet between sublayers (norm_2 and norm_3; a block's norm_4 and the next block's
-// norm_1) in one kernel, each value computed as RmsNormKernel computes it. One block per row.
+// norm_1) in one kernel, each value computed as RmsNormKernel computes it. One block per row;
+// P as for RmsNormKernel.
+template <int P>
 __global__ void __launch_bounds__(kRowThreads)
     RmsNorm2Kernel(float* x, const float* y, const float* wa, const float* wb, int64_t d, float eps,
                    float* h) {
@@ -146,17 +191,52 @@ __global__ void __launch_bounds__(kRowThreads)
   __shared__ float red[kRowThreads / 32];
   const int64_t r = blockIdx.x;
   float* xr = x + r * d;
-  const float scale = AddAndRmsScale(xr, y != nullptr ? y + r * d : nullptr, d, eps, red);
-  float ss2 = 0.0f;
+  const float* yr = y != nullptr ? y + r * d : nullptr;
+  if constexpr (P == 0) {
+    const float scale = AddAndRmsScale(xr, yr, d, eps, red);
+    float ss2 = 0.0f;
 #pragma unroll 4
-  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
-    const float v = (xr[j] * scale) * wa[j];
-    xr[j] = v;
-    ss2 += v * v;
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+      const float v = (xr[j] * scale) * wa[j];
+      xr[j] = v;
+      ss2 += v * v;
+    }
+    const float scale2 = 1.0f / sqrtf(BlockSum(ss2, red) / static_cast<float>(d) + eps);
+#pragma unroll 4
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) h[r * d + j] = (xr[j] * scale2) * wb[j];
+  } else {
+    float v[P], av[P], bv[P], yv[P];
+    LoadRow(xr, d, v);
+    LoadRow(wa, d, av);
+    LoadRow(wb, d, bv);
+    if (yr != nullptr) {
+      LoadRow(yr, d, yv);
+#pragma unroll
+      for (int i = 0; i < P; ++i) v[i] += yv[i];
+    }
+    float ss = 0.0f;
+#pragma unroll
+    for (int i = 0; i < P; ++i) {
+      if (static_cast<int>(threadIdx.x + i * blockDim.x) < d) ss += v[i] * v[i];
+    }
+    const float scale = 1.0f / sqrtf(BlockSum(ss, red) / static_cast<float>(d) + eps);
+    float ss2 = 0.0f;
+#pragma unroll
+    for (int i = 0; i < P; ++i) {
+      const int j = static_cast<int>(threadIdx.x + i * blockDim.x);
+      v[i] = (v[i] * scale) * av[i];
+      if (j < d) {
+        xr[j] = v[i];
+        ss2 += v[i] * v[i];
+      }
+    }
+    const float scale2 = 1.0f / sqrtf(BlockSum(ss2, red) / static_cast<float>(d) + eps);
+#pragma unroll
+    for (int i = 0; i < P; ++i) {
+      const int j = static_cast<int>(threadIdx.x + i * blockDim.x);
+      if (j < d) h[r * d + j] = (v[i] * scale2) * bv[i];
+    }
   }
-  const float scale2 = 1.0f / sqrtf(BlockSum(ss2, red) / static_cast<float>(d) + eps);
-#pragma unroll 4
-  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) h[r * d + j] = (xr[j] * scale2) * wb[j];
 }
 
 // Copies f32 rows into a contiguous block: y[r, j] = x[r * ldx + j].
@@ -991,10 +1071,30 @@ struct CudaModel::Impl {
   // Programmatic dependent launch between this backend's kernels (set_pdl; off while
   // profiling, whose events sit between the kernels).
   bool pdl = false;
-  // RoPE and attention in one kernel where every chunk has one row (set_fused_attention),
-  // where its shared memory fits (block_size).
-  bool fused_attention = false;
+  // The small kernels' lean forms (set_lean_kernels): norms holding their row in registers
+  // (rows up to kNormRegs * kRowThreads wide), and RoPE and attention in one kernel where
+  // every chunk has one row and its shared memory fits (block_size).
+  bool lean_kernels = false;
   bool fused_fits = true;
+
+  bool LeanNorms() const { return lean_kernels && d <= kNormRegs * kRowThreads; }
+
+  // RmsNormKernel / RmsNorm2Kernel on `rows` rows in the form set_lean_kernels chose.
+  void Norm(int64_t rows, float* x, const float* y, const float* w, float eps, float* out) {
+    if (LeanNorms()) {
+      Launch(RmsNormKernel<kNormRegs>, dim3(rows), dim3(kRowThreads), 0, x, y, w, d, eps, out);
+    } else {
+      Launch(RmsNormKernel<0>, dim3(rows), dim3(kRowThreads), 0, x, y, w, d, eps, out);
+    }
+  }
+  void Norm2(int64_t rows, float* x, const float* y, const float* wa, const float* wb, float eps,
+             float* h) {
+    if (LeanNorms()) {
+      Launch(RmsNorm2Kernel<kNormRegs>, dim3(rows), dim3(kRowThreads), 0, x, y, wa, wb, d, eps, h);
+    } else {
+      Launch(RmsNorm2Kernel<0>, dim3(rows), dim3(kRowThreads), 0, x, y, wa, wb, d, eps, h);
+    }
+  }
 
   // Launches `kernel` on the stream, with programmatic dependent launch when it is on
   // (every kernel of this file waits for the previous one before touching activations:
@@ -1383,13 +1483,13 @@ struct CudaModel::Impl {
     float* tmpb = tmp.Get(n * d);
     // x = norm_2(x + attn(norm_1(x)))
     if (!normed) {
-      Launch(RmsNormKernel, dim3(n), dim3(kRowThreads), 0, xd, nullptr, w.norm_1, d, eps, hb);
+      Norm(n, xd, nullptr, w.norm_1, eps, hb);
       Mark("norm");
     }
     Lin(hb, n, d, w.wqkv, qkvb, 3 * d);
     Mark("qkv");
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-    if (fused_attention && fused_fits && tab.single_rows) {
+    if (lean_kernels && fused_fits && tab.single_rows) {
       Launch(RopeAttentionKernel, dim3(n, heads), dim3(kThreads),
              AttentionSmem(hd, tab.max_visible) + hd * sizeof(float), qkvb, w.qk_bias, rope_cos,
              rope_sin, tab.positions, tab.kdst, tab.vdst, tab.row_table, tab.row_visible, tab.kp,
@@ -1406,17 +1506,16 @@ struct CudaModel::Impl {
     Lin(attnb, n, d, w.attn_proj, tmpb, d);
     Mark("attn_proj");
     // then norm_3 of it: x = norm_4(x + mlp(norm_3(x))), mlp = proj(silu(gate) * up)
-    Launch(RmsNorm2Kernel, dim3(n), dim3(kRowThreads), 0, xd, tmpb, w.norm_2, w.norm_3, d, eps, hb);
+    Norm2(n, xd, tmpb, w.norm_2, w.norm_3, eps, hb);
     Mark("norm");
     float* gb = gate.Get(n * ffn_dim);
     MlpIn(hb, n, w, gb);
     Lin(gb, n, ffn_dim, w.mlp_proj, tmpb, d);
     Mark("mlp_proj");
     if (next != nullptr) {
-      Launch(RmsNorm2Kernel, dim3(n), dim3(kRowThreads), 0, xd, tmpb, w.norm_4, next->norm_1, d,
-             eps, hb);
+      Norm2(n, xd, tmpb, w.norm_4, next->norm_1, eps, hb);
     } else {
-      Launch(RmsNormKernel, dim3(n), dim3(kRowThreads), 0, xd, tmpb, w.norm_4, d, eps, xd);
+      Norm(n, xd, tmpb, w.norm_4, eps, xd);
     }
     Mark("norm");
     Check(cudaGetLastError(), "a block's kernels");
@@ -1822,7 +1921,7 @@ void CudaModel::CoreSteps(std::span<const Chunk> chunks, std::span<const int64_t
                           static_cast<uintptr_t>(im.gemv_block_rows),
                           static_cast<uintptr_t>(im.mma_max_rows),
                           static_cast<uintptr_t>(im.pdl),
-                          static_cast<uintptr_t>(im.fused_attention),
+                          static_cast<uintptr_t>(im.lean_kernels),
                           static_cast<uintptr_t>(!tables.empty() && tables[0].single_rows),
                           reinterpret_cast<uintptr_t>(ed),
                           reinterpret_cast<uintptr_t>(buf[0]),
@@ -1877,7 +1976,7 @@ const float* CudaModel::CodaOnDevice(std::span<const Chunk> chunks, const float*
     PONDER_CUDA_CHECK(cudaMemcpyAsync(sd, s, bytes, cudaMemcpyHostToDevice, im.stream));
   }
   float* xd = im.x.Get(count);
-  im.Launch(RmsNormKernel, dim3(n), dim3(kRowThreads), 0, sd, nullptr, im.ln_f, d, eps, xd);
+  im.Norm(n, sd, nullptr, im.ln_f, eps, xd);
   const auto tables =
       im.LayerTables(chunks, im.coda.size(), nullptr,
                      [&](size_t b, int64_t l, int64_t) { return &chunks[b].cache->Coda(l); });
@@ -1903,8 +2002,7 @@ const float* CudaModel::CodaOnDevice(std::span<const Chunk> chunks, const float*
     src = lastd;  // (a copy from pageable memory has read `last` when it returns)
   }
   float* hd = im.h.Get(rows * d);
-  im.Launch(RmsNormKernel, dim3(rows), dim3(kRowThreads), 0, const_cast<float*>(src), nullptr,
-            im.ln_f, d, eps, hd);
+  im.Norm(rows, const_cast<float*>(src), nullptr, im.ln_f, eps, hd);
   float* ld = im.logits.Get(rows * im.vocab);
   im.Lin(hd, rows, d, im.lm_head, ld, im.vocab);
   PONDER_CUDA_CHECK(cudaGetLastError());
@@ -1990,7 +2088,7 @@ void CudaModel::set_device_signals(bool on) { impl_->device_signals = on; }
 
 void CudaModel::set_profile(bool on) { impl_->profile = on; }
 void CudaModel::set_graphs(bool on) { impl_->graphs = on; }
-void CudaModel::set_fused_attention(bool on) { impl_->fused_attention = on; }
+void CudaModel::set_lean_kernels(bool on) { impl_->lean_kernels = on; }
 bool CudaModel::graphs() const { return impl_->graphs; }
 
 std::vector<std::pair<std::string, double>> CudaModel::TakeProfile(int64_t* steps) {

@@ -99,10 +99,13 @@ class CudaModel : public Backend {
   // GPU run has measured it): each kernel is scheduled while the one before it runs and
   // waits for it before touching activations; MmaKernel loads its first weights meanwhile.
   void set_pdl(bool on);
-  // RoPE (with the qk bias and the KV store) and attention in one kernel for calls whose
-  // every sequence has one new row (decode): one launch fewer per layer (off by default,
-  // until a GPU run has checked and timed it).
-  void set_fused_attention(bool on);
+  // The small kernels' lean forms (off by default, until a GPU run has checked and timed
+  // them), each doing the same arithmetic in the same order: RoPE (with the qk bias and the
+  // KV store) and attention in one kernel for calls whose every sequence has one new row
+  // (decode), one launch fewer per layer; and norms that hold their row in registers (rows
+  // up to 8192 wide), issuing every load at the start instead of one pass after each
+  // reduction.
+  void set_lean_kernels(bool on);
   std::vector<std::pair<std::string, double>> TakeProfile(int64_t* steps);
   // Milliseconds of one core iteration's matrix products alone (the adapter and each core
   // layer's four) for `rows` input rows, the median of `repeats` timed with device events.

@@ -256,11 +256,12 @@ TwinBatch NewTwinBatch(Backend& cpu, Backend& gpu, int64_t batch, int64_t mul) {
 
 // Batched decode of 1 to 9, 16 and 32 sequences against the CPU, step by step, with each
 // setting of the backend's own kernels: the defaults (GemvKernel up to 3 rows, cuBLAS above)
-// with CUDA graphs and without, and with RoPE and attention in one kernel; MmaKernel for 4
-// to 32 rows with programmatic dependent launch, with and without graphs, each with and
-// without the fused attention, and without the launch; GemvKernel up to 8 rows with 4 or 8
-// output rows per block; MmaKernel for every row count; every product in cuBLAS. With graphs
-// on, cuBLAS's products are captured in the step's graph too, and no capture may fail.
+// with CUDA graphs and without, and with the small kernels' lean forms (norms in registers,
+// RoPE and attention in one kernel); MmaKernel for 4 to 32 rows with programmatic dependent
+// launch, with and without graphs, each with and without the lean kernels, and without the
+// launch; GemvKernel up to 8 rows with 4 or 8 output rows per block; MmaKernel for every row
+// count; every product in cuBLAS. With graphs on, cuBLAS's products are captured in the
+// step's graph too, and no capture may fail.
 // Between core steps the host changes part of the state, which the device must pick up
 // rather than reuse its own copy, and reads logits, which must leave the state it holds as
 // it was.
@@ -276,7 +277,7 @@ TEST(CudaBatchTest, BatchedCoreStepsMatchTheCpuAtEveryBatchSize) {
     int64_t mma_rows;
     bool graphs;
     bool pdl = true;
-    bool fused = false;  // RoPE and attention in one kernel
+    bool lean = false;  // the small kernels' lean forms
   };
   for (const Setting setting :
        {Setting{3, 4, 0, true, false}, Setting{3, 4, 0, false, false},
@@ -290,13 +291,13 @@ TEST(CudaBatchTest, BatchedCoreStepsMatchTheCpuAtEveryBatchSize) {
     model->set_mma(setting.mma_rows);
     model->set_graphs(setting.graphs);
     model->set_pdl(setting.pdl);
-    model->set_fused_attention(setting.fused);
+    model->set_lean_kernels(setting.lean);
 #endif
     SCOPED_TRACE("gemv up to " + std::to_string(setting.gemv_rows) + " rows, " +
                  std::to_string(setting.block_rows) + " per block, mma up to " +
                  std::to_string(setting.mma_rows) + ", graphs " + (setting.graphs ? "on" : "off") +
-                 ", pdl " + (setting.pdl ? "on" : "off") + ", fused attention " +
-                 (setting.fused ? "on" : "off"));
+                 ", pdl " + (setting.pdl ? "on" : "off") + ", lean kernels " +
+                 (setting.lean ? "on" : "off"));
     for (int64_t batch : {1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 32}) {
       TwinBatch twin = NewTwinBatch(cpu, *gpu, batch, 13);
       std::vector<Chunk>&cc = twin.cpu, &gc = twin.gpu;
@@ -405,16 +406,16 @@ TEST(CudaBatchTest, CoreStepsInOneCallMatchTheCpu) {
   cpu::CpuModel cpu(rm.config(), rm.weights(), nullptr);
   CUDA_OR_SKIP(gpu, rm.config(), rm.weights(), "bf16");
   const int64_t d = cfg.n_embd, v = cfg.padded_vocab_size;
-  // The defaults, then MmaKernel for 4 to 32 rows with programmatic dependent launch and
-  // RoPE and attention in one kernel.
+  // The defaults, then MmaKernel for 4 to 32 rows with programmatic dependent launch and the
+  // lean small kernels.
   for (const bool candidate : {false, true}) {
 #ifdef PONDER_HAVE_CUDA
     auto* model = static_cast<cuda::CudaModel*>(gpu.get());
     model->set_mma(candidate ? 32 : cuda::CudaModel::kMmaDefaultRows);
     model->set_pdl(candidate);
-    model->set_fused_attention(candidate);
+    model->set_lean_kernels(candidate);
 #endif
-    SCOPED_TRACE(candidate ? "mma, pdl and fused attention" : "defaults");
+    SCOPED_TRACE(candidate ? "mma, pdl and lean kernels" : "defaults");
     for (int64_t batch : {1, 3, 8}) {
       TwinBatch twin = NewTwinBatch(cpu, *gpu, batch, 1);
       std::vector<Chunk>&cc = twin.cpu, &gc = twin.gpu;
@@ -492,8 +493,8 @@ TEST(CudaExitParityTest, PerTokenExitStepsAgreeOnScenarioWorkloads) {
   ASSERT_TRUE(ckpt.ok()) << ckpt.status().ToString();
   cpu::CpuModel cpu((*ckpt)->config, (*ckpt)->weights, nullptr);
   // f32 and bf16 weights, each with the defaults and with the candidate settings (the logit
-  // rules' values computed on the device, programmatic dependent launch, RoPE and attention
-  // in one kernel, MmaKernel up to 32 rows; the other tests check each on its own).
+  // rules' values computed on the device, programmatic dependent launch, the lean small
+  // kernels, MmaKernel up to 32 rows; the other tests check each on its own).
   for (const std::string dtype : {"f32", "bf16"}) {
     CUDA_OR_SKIP(gpu, (*ckpt)->config, (*ckpt)->weights, dtype);
     for (const bool candidates : {false, true}) {
@@ -501,7 +502,7 @@ TEST(CudaExitParityTest, PerTokenExitStepsAgreeOnScenarioWorkloads) {
       auto* model = static_cast<cuda::CudaModel*>(gpu.get());
       model->set_device_signals(candidates);
       model->set_pdl(candidates);
-      model->set_fused_attention(candidates);
+      model->set_lean_kernels(candidates);
       model->set_mma(candidates ? 32 : cuda::CudaModel::kMmaDefaultRows);
 #endif
       const double agree = ExitAgreement(cpu, *gpu, *(*ckpt)->tokenizer, root);
