@@ -1088,11 +1088,12 @@ struct CudaModel::Impl {
     }
   }
   void Norm2(int64_t rows, float* x, const float* y, const float* wa, const float* wb, float eps,
-             float* h) {
+             float* out) {
     if (LeanNorms()) {
-      Launch(RmsNorm2Kernel<kNormRegs>, dim3(rows), dim3(kRowThreads), 0, x, y, wa, wb, d, eps, h);
+      Launch(RmsNorm2Kernel<kNormRegs>, dim3(rows), dim3(kRowThreads), 0, x, y, wa, wb, d, eps,
+             out);
     } else {
-      Launch(RmsNorm2Kernel<0>, dim3(rows), dim3(kRowThreads), 0, x, y, wa, wb, d, eps, h);
+      Launch(RmsNorm2Kernel<0>, dim3(rows), dim3(kRowThreads), 0, x, y, wa, wb, d, eps, out);
     }
   }
 
@@ -1624,7 +1625,14 @@ struct CudaModel::Impl {
     capture_failure.clear();
     if (err == cudaSuccess) {
       capturing = true;
-      enqueue();
+      try {
+        enqueue();
+      } catch (...) {  // (the stream leaves capture mode before the exception goes on)
+        capturing = false;
+        if (cudaStreamEndCapture(stream, &graph) == cudaSuccess) cudaGraphDestroy(graph);
+        cudaGetLastError();
+        throw;
+      }
       capturing = false;
       err = cudaStreamEndCapture(stream, &graph);
     }
@@ -1922,7 +1930,6 @@ void CudaModel::CoreSteps(std::span<const Chunk> chunks, std::span<const int64_t
                           static_cast<uintptr_t>(im.mma_max_rows),
                           static_cast<uintptr_t>(im.pdl),
                           static_cast<uintptr_t>(im.lean_kernels),
-                          static_cast<uintptr_t>(!tables.empty() && tables[0].single_rows),
                           reinterpret_cast<uintptr_t>(ed),
                           reinterpret_cast<uintptr_t>(buf[0]),
                           reinterpret_cast<uintptr_t>(buf[1]),

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <deque>
 #include <memory>
 #include <string>
@@ -232,6 +233,11 @@ TEST(CudaParityHuginnShapeTest, RandomBf16Checkpoint) {
   CUDA_OR_SKIP(gpu, rm.config(), rm.weights(), "f32");
   CompareForward(cpu, *gpu, 12, 8, 1e-8);
   CompareForward(cpu, *gpu, 12, 32, 1e-6);
+#ifdef PONDER_HAVE_CUDA
+  // (Decode steps with f32 weights run as graphs with cuBLAS's products.)
+  EXPECT_TRUE(static_cast<cuda::CudaModel*>(gpu.get())->graphs())
+      << "a graph capture failed (stderr says why)";
+#endif
 }
 
 // `batch` sequences of one new token at position 0 on both backends: their caches, their
@@ -448,7 +454,74 @@ TEST(CudaBatchTest, CoreStepsInOneCallMatchTheCpu) {
         EXPECT_LE(Nmse(lg, lc), 1e-8) << "coda, batch " << batch << " token " << token;
       }
     }
+#ifdef PONDER_HAVE_CUDA
+    EXPECT_TRUE(model->graphs()) << "a graph capture failed (stderr says why)";
+#endif
   }
+}
+
+// The lean small kernels do the streamed ones' arithmetic in the same order: a prefill of
+// three tokens and three decode tokens of 1, 3 and 8 sequences, at a width whose rows the
+// register norms hold in three slots per thread (2304 = 2 x 1024 + 256) with Huginn's head
+// size, give bitwise the same states and logits either way (graphs on: the third decode
+// token replays the second's graph).
+TEST(CudaLeanKernelsTest, SameResultsAsTheStreamedKernels) {
+  model::Config cfg = ponder::testing::SmallConfig(2304, 24, 2048, 1, 2, 1, 4096);
+  cfg.tie_embeddings = false;
+  ponder::testing::RandomModel rm(cfg, DType::kBF16, 29);
+  CUDA_OR_SKIP(gpu, rm.config(), rm.weights(), "bf16");
+#ifdef PONDER_HAVE_CUDA
+  auto* model = static_cast<cuda::CudaModel*>(gpu.get());
+  const int64_t d = cfg.n_embd, v = rm.config().padded_vocab_size;
+  for (int64_t batch : {1, 3, 8}) {
+    SCOPED_TRACE("batch " + std::to_string(batch));
+    // Every state and logit row the calls return, in order.
+    auto run = [&](bool lean) {
+      model->set_lean_kernels(lean);
+      std::vector<float> out;
+      std::vector<std::unique_ptr<SequenceCache>> caches;
+      std::vector<Chunk> chunks;
+      for (int64_t b = 0; b < batch; ++b) {
+        caches.push_back(gpu->NewCache());
+        chunks.push_back({caches.back().get(), 0, 3});
+      }
+      for (int64_t token = 0; token < 4; ++token) {  // the prompt, then one token at a time
+        std::vector<int32_t> tokens;
+        for (int64_t b = 0; b < batch; ++b) {
+          for (int64_t i = 0; i < chunks[b].count; ++i) {
+            tokens.push_back(static_cast<int32_t>((17 * b + 5 * token + i + 1) % cfg.vocab_size));
+          }
+        }
+        const int64_t n = static_cast<int64_t>(tokens.size());
+        std::vector<float> e(n * d), s(n * d), logits(batch * v);
+        EXPECT_TRUE(gpu->Prelude(chunks, tokens, e.data()).ok());
+        gpu->InitState(chunks, 3, 0, 1.0, s.data());
+        const std::vector<int64_t> its(batch, 1);
+        gpu->CoreSteps(chunks, its, 6, e.data(), s.data());
+        gpu->Coda(chunks, s.data(), /*last_only=*/true, logits.data());
+        out.insert(out.end(), e.begin(), e.end());
+        out.insert(out.end(), s.begin(), s.end());
+        out.insert(out.end(), logits.begin(), logits.end());
+        for (int64_t b = 0; b < batch; ++b) {
+          chunks[b].pos += chunks[b].count;
+          chunks[b].count = 1;
+        }
+      }
+      return out;
+    };
+    const std::vector<float> streamed = run(false), lean = run(true);
+    ASSERT_EQ(lean.size(), streamed.size());
+    size_t differ = 0;
+    for (size_t i = 0; i < lean.size(); ++i) {
+      differ += std::memcmp(&lean[i], &streamed[i], sizeof(float)) != 0;
+    }
+    EXPECT_EQ(differ, 0u) << "of " << lean.size() << " values; NMSE " << Nmse(lean, streamed)
+                          << " (a small NMSE means the compiler rounded differently in one "
+                             "form, not that a lean kernel is wrong)";
+  }
+  EXPECT_TRUE(model->graphs()) << "a graph capture failed (stderr says why)";
+  model->set_lean_kernels(false);
+#endif
 }
 
 // Per-token exits on the bundled model's scenario workloads with their profiles: each
