@@ -989,6 +989,8 @@ struct CudaModel::Impl {
   DeviceBuffer<float> mma_ws;       // MmaKernel's partial tiles
   DeviceBuffer<unsigned> mma_done;  // MmaKernel's counters, one per row tile
   int64_t sm_count = 132;
+  // Blocks of MmaKernel<NT> a multiprocessor holds at once, NT = 1..4 (set at creation).
+  int64_t mma_blocks_per_sm[4] = {4, 4, 4, 4};
   DeviceBuffer<int32_t> tokens;
   DeviceBuffer<unsigned char> table;  // per-call row tables (positions, KV row pointers)
   unsigned char* table_dev = nullptr;
@@ -1145,13 +1147,16 @@ struct CudaModel::Impl {
   bool GemvRows(int64_t n) const { return bf16 && n >= 1 && n <= gemv_max_rows && n <= kGemvMaxN; }
   bool MmaRows(int64_t n) const { return bf16 && n >= 1 && n <= mma_max_rows && n <= kMmaMaxN; }
 
-  // How MmaKernel splits k for a product of `rows` outputs over k columns: enough blocks
-  // to keep every multiprocessor streaming (about 4 each), at least 8 chunks per split.
-  // Returns the chunks per split; *splits receives their number.
-  int64_t MmaSplit(int64_t rows, int64_t k, int64_t* splits) const {
+  // How MmaKernel splits k for a product of `rows` outputs over k columns and n input rows:
+  // as many blocks as the device holds at once (so that no second wave runs a few blocks
+  // alone at the end), at least 8 chunks per split. Returns the chunks per split; *splits
+  // receives their number.
+  int64_t MmaSplit(int64_t n, int64_t rows, int64_t k, int64_t* splits) const {
     const int64_t tiles = (rows + kMmaTileRows - 1) / kMmaTileRows;
     const int64_t chunks = k / 32;
-    int64_t want = (4 * sm_count + tiles - 1) / tiles;
+    const int64_t resident =
+        sm_count * mma_blocks_per_sm[std::clamp<int64_t>((n + 7) / 8, 1, 4) - 1];
+    int64_t want = resident / tiles;
     want = std::clamp<int64_t>(want, 1,
                                std::min<int64_t>(kMmaMaxSplits, std::max<int64_t>(1, chunks / 8)));
     const int64_t per = (chunks + want - 1) / want;
@@ -1162,7 +1167,7 @@ struct CudaModel::Impl {
   // Floats of MmaKernel's partial tiles for n input rows of a product.
   size_t MmaWorkspace(int64_t n, int64_t rows, int64_t k) const {
     int64_t splits = 1;
-    MmaSplit(rows, k, &splits);
+    MmaSplit(n, rows, k, &splits);
     return splits > 1 ? static_cast<size_t>(splits * n * rows) : 0;
   }
 
@@ -1182,7 +1187,7 @@ struct CudaModel::Impl {
     const int acc = accumulate ? 1 : 0;
     const int nn = static_cast<int>(n);
     int64_t splits = 1;
-    const int64_t per = MmaSplit(rows, k, &splits);
+    const int64_t per = MmaSplit(n, rows, k, &splits);
     const int64_t tiles = (rows + kMmaTileRows - 1) / kMmaTileRows;
     float* ws = mma_ws.Get(std::max<size_t>(MmaWorkspace(n, rows, k), 1));
     unsigned* done = MmaCounters(tiles);
@@ -1707,6 +1712,20 @@ Result<std::unique_ptr<Backend>> CudaModel::Create(const model::Config& config,
   im.info.memory_bytes = prop.totalGlobalMem;
   im.attn_smem_limit = prop.sharedMemPerBlockOptin;
   im.sm_count = prop.multiProcessorCount;
+  {
+    const void* mma[] = {
+        reinterpret_cast<const void*>(MmaKernel<1>), reinterpret_cast<const void*>(MmaKernel<2>),
+        reinterpret_cast<const void*>(MmaKernel<3>), reinterpret_cast<const void*>(MmaKernel<4>)};
+    for (int i = 0; i < 4; ++i) {
+      int blocks = 0;
+      if (cudaError_t e =
+              cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, mma[i], kMmaWarps * 32, 0);
+          e != cudaSuccess) {
+        return CudaStatus(e, "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+      }
+      im.mma_blocks_per_sm[i] = std::max(blocks, 1);
+    }
+  }
   const size_t need = AttentionSmem(config.head_dim, config.block_size);
   if (need > im.attn_smem_limit) {
     return InvalidArgument("backend cuda: block_size " + std::to_string(config.block_size) +
