@@ -2,11 +2,14 @@
 
 #include <httplib.h>
 #include <spdlog/spdlog.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
+#include <cstring>
 #include <ctime>
 #include <deque>
 #include <map>
@@ -26,6 +29,8 @@ using Clock = std::chrono::steady_clock;
 
 constexpr auto kPollInterval = std::chrono::milliseconds(20);
 constexpr auto kKeepAliveInterval = std::chrono::seconds(1);
+// Connections that may wait to be accepted (Server::Bind).
+constexpr int kListenBacklog = 1024;
 
 void SendJson(httplib::Response& res, int status, const json& body) {
   res.status = status;
@@ -59,6 +64,7 @@ struct Server::Impl {
   ServerOptions options;
   KeyTable keys;
   httplib::Server http;
+  int listen_socket = -1;  // the socket http listens on, once bound
   std::atomic<bool> stopping{false};
   std::atomic<bool> run_entered{false};
   std::atomic<bool> listen_done{false};
@@ -460,6 +466,10 @@ Server::Server(ServerOptions options) : impl_(std::make_unique<Impl>(std::move(o
     threads = std::clamp(m.options.engine.max_active + m.options.engine.max_queue + 8, 8, 1024);
   }
   m.http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  m.http.set_socket_options([&m](socket_t sock) {
+    httplib::default_socket_options(sock);
+    m.listen_socket = static_cast<int>(sock);
+  });
   m.http.set_payload_max_length(m.options.max_body_bytes);
   m.Routes();
 }
@@ -480,6 +490,14 @@ Result<int> Server::Bind() {
     return Status(StatusCode::kUnavailable, "cannot listen on " + m.options.host + ":" +
                                                 std::to_string(m.options.port) +
                                                 " (in use, or not an address of this host)");
+  }
+  // cpp-httplib listens with a backlog of 5 connections waiting to be accepted. Clients that
+  // connect at once beyond that overflow the kernel's queue: their handshakes are dropped
+  // and retried, and one whose request arrives after the server gave up on it is reset.
+  // Listening again raises the backlog (the kernel caps it at net.core.somaxconn).
+  if (m.listen_socket >= 0 && ::listen(m.listen_socket, kListenBacklog) != 0) {
+    spdlog::warn("could not raise the listen backlog to {}: {}", kListenBacklog,
+                 std::strerror(errno));
   }
   return port;
 }
