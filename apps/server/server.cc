@@ -466,8 +466,12 @@ Server::Server(ServerOptions options) : impl_(std::make_unique<Impl>(std::move(o
     threads = std::clamp(m.options.engine.max_active + m.options.engine.max_queue + 8, 8, 1024);
   }
   m.http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  // SO_REUSEADDR (a restarted server binds at once, past its old connections' TIME_WAIT),
+  // but not cpp-httplib's default SO_REUSEPORT, with which a second server on the same port
+  // binds too and the kernel splits the connections between the two.
   m.http.set_socket_options([&m](socket_t sock) {
-    httplib::default_socket_options(sock);
+    const int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
     m.listen_socket = static_cast<int>(sock);
   });
   m.http.set_payload_max_length(m.options.max_body_bytes);

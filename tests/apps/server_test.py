@@ -312,6 +312,11 @@ def main():
         test_http_contract(a)
         test_openai_client(a)
         test_disconnect_cancels(a)
+        port = a.base.rsplit(":", 1)[1]
+        p = subprocess.run([PONDER, "serve", "--model", MODEL_DIR, "--profiles", PROFILES[0],
+                            "--port", port], capture_output=True, text=True, timeout=30)
+        check("a second server on the same port: exit 1, the port in use",
+              p.returncode == 1 and "in use" in p.stderr, (p.returncode, p.stderr[-500:]))
     finally:
         rc = a.stop()
     check("server A stops cleanly on SIGTERM", rc == 0, a.tail())
