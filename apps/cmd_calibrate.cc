@@ -178,15 +178,18 @@ void AddCalibrateCommand(CLI::App& app, int& exit_code) {
                   "Calibration workload JSONL (disjoint from evaluation data)")
       ->required();
   cmd->add_option("--target-agreement", a->target,
-                  "Fraction of tokens that must agree with the max-depth output, in (0, 1)");
-  cmd->add_option("--delta", a->delta, "Probability the guarantee may fail, in (0, 1)");
+                  "Fraction of tokens that must agree with the max-depth output, in (0, 1)")
+      ->check(FiniteIn(0.0, 1.0));
+  cmd->add_option("--delta", a->delta, "Probability the guarantee may fail, in (0, 1)")
+      ->check(FiniteIn(0.0, 1.0));
   cmd->add_option("--out", a->out, "Write the calibrated profile here (default: --profile)");
   cmd->add_option("--classes", a->classes, "Comma-separated classes (default: all with items)");
   cmd->add_option("--max-items", a->max_items, "Items per class at most (0: all)");
   cmd->add_option("--max-tokens", a->max_tokens, "Answer tokens at most")
       ->check(CLI::Range(1, 4096));
   cmd->add_option("--seed", a->seed, "Seed of the initial states (item i: seed + i)");
-  cmd->add_option("--init-scale", a->init_scale, "Scale of the random initial state (0: zero)");
+  cmd->add_option("--init-scale", a->init_scale, "Scale of the random initial state (0: zero)")
+      ->check(FiniteIn(0.0, 1e6));
   AddBackendFlag(cmd, &a->backend);
   cmd->add_flag("--dry-run", a->dry_run, "Print the table; write nothing");
   cmd->callback([a, &exit_code] {

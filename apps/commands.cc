@@ -1,5 +1,6 @@
 #include "apps/commands.h"
 
+#include <cmath>
 #include <cstdio>
 #include <iostream>
 #include <memory>
@@ -145,7 +146,8 @@ void AddGenerateCommand(CLI::App& app, int& exit_code) {
   cmd->add_option("--exit", a->exit_rule,
                   "Per-token exit rule (kl, minp-kl, entropy-diff, latent-diff, cosine, "
                   "argmax-stability); --steps is then the maximum");
-  cmd->add_option("--exit-threshold", a->exit_threshold, "Threshold of the exit rule");
+  cmd->add_option("--exit-threshold", a->exit_threshold, "Threshold of the exit rule")
+      ->check(FiniteIn(0.0, 1e9));
   cmd->add_option("--min-steps", a->min_steps, "With --exit: iterations before any exit")
       ->check(CLI::Range(1, 4096));
   cmd->add_option("--check-every", a->check_every, "With --exit: iterations between checks")
@@ -156,9 +158,11 @@ void AddGenerateCommand(CLI::App& app, int& exit_code) {
   cmd->add_option("--max-tokens", a->max_tokens, "New tokens at most")
       ->check(CLI::Range(1, 1 << 20));
   cmd->add_option("--seed", a->seed, "Seed for the initial state and sampling");
-  cmd->add_option("--temperature", a->temperature, "0 = greedy")->check(CLI::Range(0.0, 100.0));
-  cmd->add_option("--top-p", a->top_p, "Nucleus sampling mass")->check(CLI::Range(0.0, 1.0));
-  cmd->add_option("--init-scale", a->init_scale, "Scale of the random initial state (0: zero)");
+  cmd->add_option("--temperature", a->temperature, "0 = greedy")->check(FiniteIn(0.0, 100.0));
+  cmd->add_option("--top-p", a->top_p, "Nucleus sampling mass")
+      ->check(FiniteIn(0.0, 1.0, /*open_low=*/true));
+  cmd->add_option("--init-scale", a->init_scale, "Scale of the random initial state (0: zero)")
+      ->check(FiniteIn(0.0, 1e6));
   cmd->add_option("--kv", a->kv, "KV-cache strategy: full or compress-sN");
   AddBackendFlag(cmd, &a->backend);
   cmd->add_flag("--chat", a->chat, "Wrap the prompt in the chat template as a user message");
@@ -301,7 +305,8 @@ void AddLogitsCommand(CLI::App& app, int& exit_code) {
   cmd->add_option("--model", a->dir, "Model directory")->required();
   cmd->add_option("--tokens", a->tokens, "Comma-separated token ids, e.g. 5,17,3")->required();
   cmd->add_option("--steps", a->steps, "Core iterations")->check(CLI::Range(1, 4096));
-  cmd->add_option("--init-scale", a->init_scale, "Scale of the random initial state (0: zero)");
+  cmd->add_option("--init-scale", a->init_scale, "Scale of the random initial state (0: zero)")
+      ->check(FiniteIn(0.0, 1e6));
   cmd->add_option("--seed", a->seed, "Seed of the initial state");
   AddBackendFlag(cmd, &a->backend);
   cmd->callback([a, &exit_code] {
@@ -322,6 +327,16 @@ void AddLogitsCommand(CLI::App& app, int& exit_code) {
       return;
     }
     const size_t v = static_cast<size_t>(rt->ckpt->weights.lm_head.shape[0]);
+    // (JSON has no NaN or infinity: such logits are an error, not output.)
+    for (size_t i = 0; i < ids->size() * v; ++i) {
+      if (!std::isfinite((*logits)[i])) {
+        exit_code = Fail(Internal("logits: position " + std::to_string(i / v) + ", token " +
+                                  std::to_string(i % v) + " is not finite (" +
+                                  std::to_string((*logits)[i]) +
+                                  "); the checkpoint's weights may hold NaN or infinity"));
+        return;
+      }
+    }
     // Written by hand: one row per position, %.9g keeps every f32 exactly.
     std::string out = "{\"logits\": [";
     char buf[32];
@@ -366,7 +381,8 @@ void AddReplayCommand(CLI::App& app, int& exit_code) {
                   "--batch 1 for per-request latency)")
       ->check(CLI::Range(1, 4096));
   cmd->add_option("--seed", a->seed, "Seed of the initial states");
-  cmd->add_option("--init-scale", a->init_scale, "Scale of the random initial state (0: zero)");
+  cmd->add_option("--init-scale", a->init_scale, "Scale of the random initial state (0: zero)")
+      ->check(FiniteIn(0.0, 1e6));
   cmd->add_option("--kv", a->kv, "KV-cache strategy: full or compress-sN");
   AddBackendFlag(cmd, &a->backend);
   cmd->add_flag("--json", a->as_json, "Print one JSON object");

@@ -1,5 +1,6 @@
 #include "apps/common.h"
 
+#include <cmath>
 #include <cstdio>
 
 namespace ponder::apps {
@@ -42,6 +43,28 @@ void AddBackendFlag(CLI::App* cmd, exec::BackendOptions* backend) {
   cmd->add_flag("--cuda-lean-kernels", backend->cuda_lean_kernels,
                 "CUDA: norms holding their row in registers; RoPE and attention in one kernel "
                 "when decoding");
+}
+
+CLI::Validator FiniteIn(double lo, double hi, bool open_low) {
+  char range[96];
+  std::snprintf(range, sizeof(range), "%s%g, %g]", open_low ? "(" : "[", lo, hi);
+  const std::string name = range;
+  return CLI::Validator(
+      [lo, hi, open_low, name](std::string& text) -> std::string {
+        double v = 0.0;
+        size_t used = 0;
+        try {
+          v = std::stod(text, &used);
+        } catch (const std::exception&) {
+          used = 0;
+        }
+        if (used == 0 || used != text.size()) return "\"" + text + "\" is not a number";
+        if (!std::isfinite(v) || v < lo || v > hi || (open_low && v == lo)) {
+          return text + " is not a finite number in " + name;
+        }
+        return std::string();
+      },
+      "FINITE in " + name);
 }
 
 std::string HumanBytes(double b) {

@@ -31,4 +31,8 @@ void AddBackendFlag(CLI::App* cmd, exec::BackendOptions* backend);
 // "1.50 MiB".
 std::string HumanBytes(double bytes);
 
+// A check for a number option: finite (CLI::Range lets NaN through) and in [lo, hi], or in
+// (lo, hi] with `open_low`.
+CLI::Validator FiniteIn(double lo, double hi, bool open_low = false);
+
 }  // namespace ponder::apps

@@ -2,6 +2,7 @@
 // sweep.
 #include <cstdio>
 #include <exception>
+#include <new>
 
 #include "apps/commands.h"
 
@@ -21,6 +22,9 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "ponder: error: out of memory\n");
+    return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "ponder: %s\n", e.what());
     return 1;

@@ -120,6 +120,12 @@ Status Validate(const Config& c, const FieldReader& r, bool has_n_layers, int64_
   PONDER_RETURN_IF_ERROR(positive("intermediate_size", c.intermediate_size));
   PONDER_RETURN_IF_ERROR(positive("vocab_size", c.vocab_size));
   PONDER_RETURN_IF_ERROR(positive("block_size", c.block_size));
+  // The context sizes tables the runtime allocates up front (RoPE, attention scratch); no
+  // model of the family comes near this (Huginn-0125: 4096).
+  if (c.block_size > kMaxBlockSize) {
+    return r.Error("block_size", std::to_string(c.block_size) + " is more than " +
+                                     std::to_string(kMaxBlockSize) + " positions");
+  }
   PONDER_RETURN_IF_ERROR(positive("n_layers_in_recurrent_block", c.n_layers_in_recurrent_block));
   // The coda and prelude are never empty in this family, but nothing in the forward pass
   // needs them to be; only negative counts are nonsense.

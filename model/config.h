@@ -7,6 +7,9 @@
 
 namespace ponder::model {
 
+// The most positions a config may declare (block_size): 1M.
+inline constexpr int64_t kMaxBlockSize = int64_t{1} << 20;
+
 // The fields of a Huginn-family HF `config.json` (model_type "huginn_raven") that the
 // forward pass needs. Every field is read by name; layer counts come from the file.
 struct Config {

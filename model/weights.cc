@@ -50,6 +50,25 @@ void AddBlock(const Config& c, const std::string& prefix, BlockWeights* b,
 
 }  // namespace
 
+// The index of the first NaN or infinity in `t`, or -1 (an exponent of all ones, read from
+// the bits: no conversion).
+int64_t FirstNonFinite(const TensorView& t) {
+  const int64_t n = t.numel();
+  if (t.dtype == DType::kF32) {
+    const auto* p = static_cast<const uint32_t*>(t.data);
+    for (int64_t i = 0; i < n; ++i) {
+      if ((p[i] & 0x7f800000u) == 0x7f800000u) return i;
+    }
+    return -1;
+  }
+  const uint16_t mask = t.dtype == DType::kBF16 ? 0x7f80 : 0x7c00;
+  const auto* p = static_cast<const uint16_t*>(t.data);
+  for (int64_t i = 0; i < n; ++i) {
+    if ((p[i] & mask) == mask) return i;
+  }
+  return -1;
+}
+
 Result<Weights> BindWeights(const Config& config, const TensorStore& store) {
   const int64_t d = config.n_embd;
   Weights w;
@@ -116,6 +135,12 @@ Result<Weights> BindWeights(const Config& config, const TensorStore& store) {
     if (view->shape != slot.shape) {
       mismatches.push_back(store.FileOf(name) + ": tensor '" + name + "' has shape " +
                            ShapeString(view->shape) + ", expected " + ShapeString(slot.shape));
+      continue;
+    }
+    // A corrupted checkpoint (NaN or infinity in a weight) would decode as garbage.
+    if (const int64_t at = FirstNonFinite(*view); at >= 0) {
+      mismatches.push_back(store.FileOf(name) + ": tensor '" + name +
+                           "' holds a NaN or infinity (element " + std::to_string(at) + ")");
       continue;
     }
     if (slot.dest != nullptr) {

@@ -435,7 +435,15 @@ void Server::Impl::Routes() {
 
 void Server::Impl::Load() {
   const auto t0 = Clock::now();
-  Result<std::unique_ptr<exec::Engine>> created = exec::Engine::Create(options.engine);
+  // (An exception on this thread would end the process: it becomes the load's error.)
+  Result<std::unique_ptr<exec::Engine>> created = Internal("not loaded");
+  try {
+    created = exec::Engine::Create(options.engine);
+  } catch (const std::bad_alloc&) {
+    created = ResourceExhausted("loading " + options.engine.model_dir + ": out of memory");
+  } catch (const std::exception& e) {
+    created = Internal("loading " + options.engine.model_dir + ": " + e.what());
+  }
   if (!created.ok()) {
     {
       std::lock_guard<std::mutex> lock(engine_mu);

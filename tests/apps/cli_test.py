@@ -109,6 +109,12 @@ check("adaptive generate exits per token",
       and any(t["exit"] == "converged" for t in ad["per_token"]), p.stderr)
 p = run("generate", "--model", os.path.join(DATA, "tiny"), "--prompt", "x", "--exit", "klx")
 check("unknown exit rule is an error", p.returncode == 1 and "klx" in p.stderr, p.stderr)
+for flag, value in (("--temperature", "nan"), ("--top-p", "0"), ("--init-scale", "inf"),
+                    ("--exit-threshold", "-1")):
+    p = run("generate", "--model", os.path.join(DATA, "tiny"), "--prompt", "x", "--exit", "kl",
+            flag, value)
+    check(f"{flag} {value} is refused, naming the flag",
+          p.returncode != 0 and flag in p.stderr and "finite" in p.stderr, p.stderr)
 
 print(f"{passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)

@@ -203,6 +203,14 @@ TEST(ConfigTest, WrongTypeIsAnError) {
   ExpectError(j, {"config.json", "model_type", "expected a string"});
 }
 
+TEST(ConfigTest, ContextBeyondTheLimitIsAnError) {
+  nlohmann::json j = Huginn();
+  j["block_size"] = 1000000000;
+  ExpectError(j, {"config.json", "block_size", "1000000000", "more than"});
+  j["block_size"] = kMaxBlockSize;
+  EXPECT_TRUE(ParseConfig(j.dump(), "config.json").ok());
+}
+
 TEST(ConfigTest, NotDivisibleByHeads) {
   nlohmann::json j = Huginn();
   j["n_embd"] = 100;

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -144,6 +145,31 @@ TEST(WeightsTest, ShapeMismatch) {
   w = Bind(dir2, tensors, c, &store);
   ASSERT_FALSE(w.ok());
   ExpectContains(w.status(), "'transformer.wte.weight' has shape [16, 8], expected [20, 8]");
+}
+
+TEST(WeightsTest, NonFiniteWeightsAreAnErrorNamingTheTensor) {
+  const Config c = TinyConfig();
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  for (const char* dtype : {"F32", "BF16", "F16"}) {
+    for (const float bad : {nan, inf, -inf}) {
+      SCOPED_TRACE(std::string(dtype) + " " + std::to_string(bad));
+      TempDir dir;
+      auto tensors = Without(TinyCheckpointTensors(c), "transformer.coda.0.attn.Wqkv.weight");
+      TensorSpec t = MakeTensor("transformer.coda.0.attn.Wqkv.weight", dtype, {24, 8}, 0.0f, 0.01f);
+      // Element 5 is the bad value.
+      TensorSpec one = MakeTensor("x", dtype, {1}, bad);
+      const size_t size = one.bytes.size();
+      t.bytes.replace(5 * size, size, one.bytes);
+      tensors.push_back(t);
+      Result<TensorStore> store = NotFound("unset");
+      Result<Weights> w = Bind(dir, tensors, c, &store);
+      ASSERT_FALSE(w.ok());
+      ExpectContains(w.status(), dir.File("model.safetensors"));
+      ExpectContains(w.status(), "'transformer.coda.0.attn.Wqkv.weight' holds a NaN or infinity");
+      ExpectContains(w.status(), "element 5");
+    }
+  }
 }
 
 TEST(WeightsTest, TiedCopyAndFreqsCisIgnored) {
