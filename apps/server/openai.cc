@@ -162,9 +162,10 @@ Status ParseExit(const json& body, policy::Request* req) {
   if (e->is_string()) {
     rule = e->get<std::string>();
   } else if (e->is_object()) {
-    PONDER_ASSIGN_OR_RETURN(auto r, OptString(*e, "rule"));
-    if (!r.has_value()) return InvalidArgument("exit: \"rule\" is required (a rule name)");
-    rule = *r;
+    auto r = OptString(*e, "rule");
+    if (!r.ok()) return TypeError("exit.rule", "a rule name (a string)");
+    if (!r->has_value()) return InvalidArgument("exit: \"rule\" is required (a rule name)");
+    rule = **r;
     auto t = OptNumber(*e, "threshold", 0.0, std::numeric_limits<double>::max(), true);
     if (!t.ok()) return TypeError("exit.threshold", "a number > 0");
     req->exit_threshold = *t;
@@ -199,6 +200,19 @@ Status RejectUnsupported(const json& body) {
   }
   if (const json* tools = Field(body, "tools"); tools && !(tools->is_array() && tools->empty())) {
     return InvalidArgument("tools: not supported");
+  }
+  if (const json* bias = Field(body, "logit_bias"); bias && !(bias->is_object() && bias->empty())) {
+    return InvalidArgument("logit_bias: not supported");
+  }
+  if (const json* format = Field(body, "response_format");
+      format && !(format->is_object() && format->size() == 1 && format->contains("type") &&
+                  (*format)["type"] == "text")) {
+    return InvalidArgument("response_format: only {\"type\": \"text\"} is supported");
+  }
+  for (const char* name : {"frequency_penalty", "presence_penalty", "top_logprobs"}) {
+    if (const json* v = Field(body, name); v && !(v->is_number() && v->get<double>() == 0)) {
+      return InvalidArgument(std::string(name) + ": not supported (only 0)");
+    }
   }
   return Status::Ok();
 }
@@ -293,6 +307,11 @@ std::string ParamOf(const std::string& message, Endpoint endpoint) {
                                                 "logprobs",
                                                 "suffix",
                                                 "tools",
+                                                "logit_bias",
+                                                "response_format",
+                                                "frequency_penalty",
+                                                "presence_penalty",
+                                                "top_logprobs",
                                                 "profile",
                                                 "task_class",
                                                 "tenant",

@@ -149,6 +149,13 @@ TEST(ParseRequest, WrongTypesNameTheField) {
       {R"({"prompt": "x", "n": 2})", "n"},
       {R"({"prompt": "x", "logprobs": 3})", "logprobs"},
       {R"({"prompt": "x", "user": 7})", "user"},
+      {R"({"prompt": "x", "exit": {"rule": 5}})", "exit.rule"},
+      // OpenAI fields Ponder does not implement, refused unless neutral.
+      {R"({"prompt": "x", "logit_bias": {"55": -100}})", "logit_bias"},
+      {R"({"prompt": "x", "response_format": {"type": "json_object"}})", "response_format"},
+      {R"({"prompt": "x", "frequency_penalty": 0.5})", "frequency_penalty"},
+      {R"({"prompt": "x", "presence_penalty": -1})", "presence_penalty"},
+      {R"({"prompt": "x", "top_logprobs": 2})", "top_logprobs"},
   };
   for (const Case& c : cases) {
     const ApiError e = ParseError(c.body);
@@ -157,6 +164,12 @@ TEST(ParseRequest, WrongTypesNameTheField) {
     EXPECT_EQ(e.param, c.param) << c.body << " -> " << e.message;
     EXPECT_FALSE(e.message.empty());
   }
+}
+
+TEST(ParseRequest, NeutralValuesOfUnimplementedFieldsAreAccepted) {
+  ParseOk(json::parse(R"({"prompt": "x", "logit_bias": {}, "response_format": {"type": "text"},
+                          "frequency_penalty": 0, "presence_penalty": 0.0, "top_logprobs": 0,
+                          "n": 1, "echo": false, "logprobs": null, "tools": []})"));
 }
 
 TEST(ParseRequest, BadChatAndBadJson) {
