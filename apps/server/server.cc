@@ -401,18 +401,41 @@ void Server::Impl::Routes() {
         r, 503,
         {{"error", {{"code", 503}, {"message", "Loading model"}, {"type", "unavailable_error"}}}});
   });
-  // httplib's own refusals (no route, body too large, malformed request) get an OpenAI body.
+  // Range headers are ignored: cpp-httplib would answer 206 with the body once per range
+  // asked for (a request of a few KB, an answer of MBs). The request object is httplib's
+  // own, not const; the ranges are applied after routing.
+  http.set_pre_routing_handler([](const httplib::Request& q, httplib::Response&) {
+    const_cast<httplib::Request&>(q).ranges.clear();
+    return httplib::Server::HandlerResponse::Unhandled;
+  });
+  // httplib's own refusals (no route, body too large, malformed request) get an OpenAI body
+  // that says why where it can tell.
   http.set_error_handler([this](const httplib::Request& q, httplib::Response& r) {
     if (!r.body.empty()) return;
     std::string message = "the request was refused (HTTP " + std::to_string(r.status) + ")";
     std::string code;
+    const std::string type = q.get_header_value("Content-Type");
     if (r.status == 404) {
       message = "no route for " + q.method + " " + q.path;
       code = "not_found";
+    } else if (r.status == 413 && type.rfind("application/x-www-form-urlencoded", 0) == 0) {
+      message =
+          "a body sent as application/x-www-form-urlencoded (curl -d's default) may be "
+          "at most " +
+          std::to_string(CPPHTTPLIB_FORM_URL_ENCODED_PAYLOAD_MAX_LENGTH) +
+          " bytes; send JSON with the header Content-Type: application/json";
+      code = "payload_too_large";
     } else if (r.status == 413) {
       message = "request body larger than " + std::to_string(options.max_body_bytes) +
                 " bytes (--max-body-bytes)";
       code = "payload_too_large";
+    } else if (r.status == 400 && q.method == "POST" && !q.has_header("Content-Length") &&
+               !q.has_header("Transfer-Encoding")) {
+      message = "a POST needs a Content-Length header, also for an empty body (curl: -d '')";
+    } else if (r.status == 400 && q.has_header("Content-Encoding")) {
+      message = "Content-Encoding " + q.get_header_value("Content-Encoding") + " is not supported";
+    } else if (r.status == 416) {
+      message = "malformed Range header";
     }
     SendJson(r, r.status,
              ErrorBody(MakeError(r.status, message, "invalid_request_error", "", code)));

@@ -70,7 +70,7 @@ class Server:
 def http(method, url, body=None, headers=None, raw=None, timeout=60):
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
-    if data is not None:
+    if data is not None and not any(k.lower() == "content-type" for k in (headers or {})):
         req.add_header("Content-Type", "application/json")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:

@@ -312,6 +312,14 @@ def main():
         test_http_contract(a)
         test_openai_client(a)
         test_disconnect_cancels(a)
+        ranges = "bytes=" + "0-," * 50 + "0-"
+        st, _, body = http("GET", a.base + "/health", headers={"Range": ranges})
+        check("a Range header is ignored (200, the body once)",
+              st == 200 and jbody(body).get("status") == "ok", (st, body[:200]))
+        st, _, body = http("POST", a.base + "/v1/completions", raw=b"x" * 10000,
+                           headers={"Content-Type": "application/x-www-form-urlencoded"})
+        check("a large form-encoded body: 413 saying to send JSON",
+              st == 413 and "application/json" in jbody(body)["error"]["message"], body[:300])
         port = a.base.rsplit(":", 1)[1]
         p = subprocess.run([PONDER, "serve", "--model", MODEL_DIR, "--profiles", PROFILES[0],
                             "--port", port], capture_output=True, text=True, timeout=30)
