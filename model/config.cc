@@ -166,6 +166,33 @@ Status Validate(const Config& c, const FieldReader& r, bool has_n_layers, int64_
   if (c.mean_recurrence <= 0) {
     return r.Error("mean_recurrence", std::to_string(c.mean_recurrence) + " must be positive");
   }
+  // Special tokens: absent (-1) or a token of the vocabulary.
+  for (const auto& [name, id] : {std::pair<const char*, int64_t>{"bos_token_id", c.bos_token_id},
+                                 {"eos_token_id", c.eos_token_id},
+                                 {"pad_token_id", c.pad_token_id}}) {
+    if (id < -1 || id >= c.padded_vocab_size) {
+      return r.Error(name, std::to_string(id) + " is not a token id (vocabulary of " +
+                               std::to_string(c.padded_vocab_size) + ")");
+    }
+  }
+  return Status::Ok();
+}
+
+// The architecture variants the forward pass implements (Huginn-0125's). A config naming
+// another is refused rather than run as this one; an absent field means this one.
+Status CheckArchitecture(const FieldReader& r) {
+  static constexpr std::pair<const char*, const char*> kImplemented[] = {
+      {"injection_type", "linear"},         {"block_class_name", "SandwichBlock"},
+      {"mlp_class_name", "GatedMLP"},       {"nonlin_name", "SiLU"},
+      {"norm_class_name", "RMSNorm_llama"}, {"state_init", "like-init"}};
+  for (const auto& [field, value] : kImplemented) {
+    std::string v = value;
+    PONDER_RETURN_IF_ERROR(r.String(field, false, &v));
+    if (v != value) {
+      return r.Error(field,
+                     "\"" + v + "\" is unsupported (this runtime implements \"" + value + "\")");
+    }
+  }
   return Status::Ok();
 }
 
@@ -267,6 +294,7 @@ Result<Config> ParseConfig(const std::string& json_text, const std::string& sour
   PONDER_RETURN_IF_ERROR(r.TokenId("eos_token_id", &c.eos_token_id));
   PONDER_RETURN_IF_ERROR(r.TokenId("pad_token_id", &c.pad_token_id));
 
+  PONDER_RETURN_IF_ERROR(CheckArchitecture(r));
   PONDER_RETURN_IF_ERROR(Validate(c, r, has_n_layers, n_layers));
   return c;
 }

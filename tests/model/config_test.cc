@@ -203,6 +203,29 @@ TEST(ConfigTest, WrongTypeIsAnError) {
   ExpectError(j, {"config.json", "model_type", "expected a string"});
 }
 
+TEST(ConfigTest, AnotherArchitectureVariantIsAnError) {
+  for (const auto& [field, value] : {std::pair<const char*, const char*>{"injection_type", "add"},
+                                     {"norm_class_name", "LayerNorm"},
+                                     {"nonlin_name", "ReLU"},
+                                     {"state_init", "zero"},
+                                     {"block_class_name", "TransformerPreNormBlock"},
+                                     {"mlp_class_name", "BaseMLP"}}) {
+    SCOPED_TRACE(field);
+    nlohmann::json j = Huginn();
+    j[field] = value;
+    ExpectError(j, {"config.json", field, value, "unsupported"});
+  }
+}
+
+TEST(ConfigTest, SpecialTokensOutsideTheVocabularyAreAnError) {
+  nlohmann::json j = Huginn();
+  j["eos_token_id"] = 70000;
+  ExpectError(j, {"config.json", "eos_token_id", "70000", "not a token id"});
+  j = Huginn();
+  j["bos_token_id"] = -2;
+  ExpectError(j, {"config.json", "bos_token_id", "-2"});
+}
+
 TEST(ConfigTest, ContextBeyondTheLimitIsAnError) {
   nlohmann::json j = Huginn();
   j["block_size"] = 1000000000;
