@@ -143,15 +143,19 @@ void AddGenerateCommand(CLI::App& app, int& exit_code) {
     bool chat = false, as_json = false;
   };
   auto a = std::make_shared<Args>();
-  cmd->add_option("--exit", a->exit_rule,
-                  "Per-token exit rule (kl, minp-kl, entropy-diff, latent-diff, cosine, "
-                  "argmax-stability); --steps is then the maximum");
+  CLI::Option* exit = cmd->add_option("--exit", a->exit_rule,
+                                      "Per-token exit rule (kl, minp-kl, entropy-diff, "
+                                      "latent-diff, cosine, argmax-stability); --steps is then "
+                                      "the maximum");
   cmd->add_option("--exit-threshold", a->exit_threshold, "Threshold of the exit rule")
-      ->check(FiniteIn(0.0, 1e9));
+      ->check(FiniteIn(0.0, 1e9))
+      ->needs(exit);
   cmd->add_option("--min-steps", a->min_steps, "With --exit: iterations before any exit")
-      ->check(CLI::Range(1, 4096));
+      ->check(CLI::Range(1, 4096))
+      ->needs(exit);
   cmd->add_option("--check-every", a->check_every, "With --exit: iterations between checks")
-      ->check(CLI::Range(1, 4096));
+      ->check(CLI::Range(1, 4096))
+      ->needs(exit);
   cmd->add_option("--model", a->dir, "Model directory")->required();
   cmd->add_option("--prompt", a->prompt, "Prompt text")->required();
   cmd->add_option("--steps", a->steps, "Core iterations per token")->check(CLI::Range(1, 4096));
@@ -366,14 +370,18 @@ void AddReplayCommand(CLI::App& app, int& exit_code) {
   auto a = std::make_shared<Args>();
   cmd->add_option("--model", a->dir, "Model directory")->required();
   cmd->add_option("--workload", a->workload, "Workload JSONL file")->required();
-  cmd->add_flag("--class-max", a->class_max,
-                "With --profile: run every class at its max_steps with no early exit (the "
-                "fixed-depth baseline of the profile)");
-  cmd->add_option("--fixed-steps", a->steps, "Core iterations per token")
-      ->check(CLI::Range(1, 4096));
-  cmd->add_option("--profile", a->profile,
-                  "Domain profile JSON: plan each request by its class and exit per token "
-                  "(instead of --fixed-steps)");
+  CLI::Option* class_max =
+      cmd->add_flag("--class-max", a->class_max,
+                    "With --profile: run every class at its max_steps with no early exit (the "
+                    "fixed-depth baseline of the profile)");
+  CLI::Option* fixed = cmd->add_option("--fixed-steps", a->steps, "Core iterations per token")
+                           ->check(CLI::Range(1, 4096));
+  CLI::Option* profile =
+      cmd->add_option("--profile", a->profile,
+                      "Domain profile JSON: plan each request by its class and exit per token "
+                      "(instead of --fixed-steps)");
+  fixed->excludes(profile);
+  class_max->needs(profile);
   cmd->add_option("--max-tokens", a->max_tokens, "Answer tokens at most")
       ->check(CLI::Range(1, 4096));
   cmd->add_option("--batch", a->batch,

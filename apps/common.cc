@@ -26,9 +26,10 @@ void AddBackendFlag(CLI::App* cmd, exec::BackendOptions* backend) {
   cmd->add_option("--backend", backend->kind,
                   "executor: cpu or cuda (in this build: " + kinds + ")")
       ->check(CLI::IsMember({"cpu", "cuda"}));
-  cmd->add_option("--threads", backend->threads, "CPU threads (0: all)");
+  cmd->add_option("--threads", backend->threads, "CPU threads (0: all)")
+      ->check(CLI::Range(0, 4096));
   cmd->add_option("--device", backend->device, "CUDA device ordinal (--backend cuda)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Range(0, 4096));
   cmd->add_option("--cuda-weights", backend->cuda_weights,
                   "CUDA weight storage, f32 accumulation either way: bf16 or f32")
       ->check(CLI::IsMember({"bf16", "f32"}));

@@ -109,6 +109,13 @@ check("adaptive generate exits per token",
       and any(t["exit"] == "converged" for t in ad["per_token"]), p.stderr)
 p = run("generate", "--model", os.path.join(DATA, "tiny"), "--prompt", "x", "--exit", "klx")
 check("unknown exit rule is an error", p.returncode == 1 and "klx" in p.stderr, p.stderr)
+p = run("replay", "--model", os.path.join(DATA, "tiny"), "--workload", "x.jsonl", "--fixed-steps",
+        "2", "--profile", "p.json")
+check("replay --fixed-steps with --profile is refused", p.returncode != 0
+      and "--fixed-steps excludes --profile" in p.stderr, p.stderr)
+p = run("generate", "--model", os.path.join(DATA, "tiny"), "--prompt", "x", "--min-steps", "3")
+check("generate --min-steps without --exit is refused", p.returncode != 0
+      and "--min-steps requires --exit" in p.stderr, p.stderr)
 for flag, value in (("--temperature", "nan"), ("--top-p", "0"), ("--init-scale", "inf"),
                     ("--exit-threshold", "-1")):
     p = run("generate", "--model", os.path.join(DATA, "tiny"), "--prompt", "x", "--exit", "kl",
