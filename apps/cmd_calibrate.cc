@@ -9,13 +9,13 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
 #include <map>
 #include <memory>
 #include <sstream>
 
 #include "apps/commands.h"
 #include "apps/common.h"
+#include "core/file.h"
 #include "policy/calibration.h"
 #include "policy/profile.h"
 #include "scenarios/calibrate.h"
@@ -24,15 +24,6 @@
 
 namespace ponder::apps {
 namespace {
-
-Result<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return NotFound(path + ": cannot open the file");
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) return DataLoss(path + ": read error");
-  return text.str();
-}
 
 // Whether a temporary file can be created beside `path` (checked before the long run, so
 // that a bad --out fails at once).
@@ -208,7 +199,7 @@ void AddCalibrateCommand(CLI::App& app, int& exit_code) {
     for (std::string name; std::getline(names, name, ',');) {
       if (!name.empty()) options.classes.push_back(name);
     }
-    auto text = ReadFile(a->profile);
+    auto text = ReadTextFile(a->profile, "the profile file");
     if (!text.ok()) {
       exit_code = Fail(text.status());
       return;

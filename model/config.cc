@@ -1,10 +1,10 @@
 #include "model/config.h"
 
 #include <cmath>
-#include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
-#include <sstream>
+
+#include "core/file.h"
 
 namespace ponder::model {
 namespace {
@@ -300,12 +300,8 @@ Result<Config> ParseConfig(const std::string& json_text, const std::string& sour
 }
 
 Result<Config> LoadConfig(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return NotFound(path + ": cannot open config file");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) return DataLoss(path + ": read error");
-  return ParseConfig(ss.str(), path);
+  PONDER_ASSIGN_OR_RETURN(const std::string text, ReadTextFile(path, "the config file"));
+  return ParseConfig(text, path);
 }
 
 }  // namespace ponder::model

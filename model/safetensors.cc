@@ -8,10 +8,10 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <new>
 #include <nlohmann/json.hpp>
-#include <sstream>
+
+#include "core/file.h"
 
 namespace ponder::model {
 namespace {
@@ -282,13 +282,10 @@ Result<TensorStore> TensorStore::OpenDir(const std::string& dir) {
   }
 
   const std::string index_name = index_path.string();
-  std::ifstream in(index_path, std::ios::binary);
-  if (!in) return NotFound(index_name + ": cannot open");
-  std::ostringstream text;
-  text << in.rdbuf();
+  PONDER_ASSIGN_OR_RETURN(const std::string text, ReadTextFile(index_name, "the shard index"));
   Json index;
   try {
-    index = Json::parse(text.str());
+    index = Json::parse(text);
   } catch (const Json::exception& e) {
     return InvalidArgument(index_name + ": malformed JSON: " + e.what());
   }

@@ -3,13 +3,12 @@
 #include <algorithm>
 #include <array>
 #include <cctype>
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <string_view>
 #include <unordered_map>
 #include <utility>
 
+#include "core/file.h"
 #include "core/json_path.h"
 #include "model/tokenizer_steps.h"
 
@@ -571,12 +570,8 @@ Tokenizer::Tokenizer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Tokenizer::~Tokenizer() = default;
 
 Result<std::unique_ptr<Tokenizer>> Tokenizer::FromFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return NotFound(path + ": cannot open tokenizer file");
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) return DataLoss(path + ": read error");
-  return FromJson(text.str(), path);
+  PONDER_ASSIGN_OR_RETURN(const std::string text, ReadTextFile(path, "the tokenizer file"));
+  return FromJson(text, path);
 }
 
 Result<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(const std::string& json_text,

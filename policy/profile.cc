@@ -2,12 +2,12 @@
 
 #include <algorithm>
 #include <cmath>
-#include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 
+#include "core/file.h"
 #include "core/json_path.h"
 #include "policy/names.h"
 
@@ -503,12 +503,8 @@ Result<DomainProfile> ParseProfile(const std::string& text, const std::string& s
 }
 
 Result<DomainProfile> LoadProfile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return NotFound(path + ": /: cannot open the profile file");
-  std::stringstream text;
-  text << in.rdbuf();
-  if (in.bad()) return DataLoss(path + ": /: cannot read the profile file");
-  return ParseProfile(text.str(), path);
+  PONDER_ASSIGN_OR_RETURN(const std::string text, ReadTextFile(path, "the profile file", "/: "));
+  return ParseProfile(text, path);
 }
 
 Status ProfileRegistry::Load(const std::string& path) {

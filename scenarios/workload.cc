@@ -1,8 +1,9 @@
 #include "scenarios/workload.h"
 
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
+
+#include "core/file.h"
 
 namespace ponder::scenarios {
 
@@ -57,11 +58,8 @@ Result<std::vector<WorkloadItem>> ParseWorkload(const std::string& text,
 }
 
 Result<std::vector<WorkloadItem>> LoadWorkload(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return NotFound(path + ": cannot open the workload file");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ParseWorkload(ss.str(), path);
+  PONDER_ASSIGN_OR_RETURN(const std::string text, ReadTextFile(path, "the workload file"));
+  return ParseWorkload(text, path);
 }
 
 }  // namespace ponder::scenarios

@@ -1,8 +1,8 @@
 #include "apps/server/auth.h"
 
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
+
+#include "core/file.h"
 
 namespace ponder::apps::server {
 
@@ -29,11 +29,8 @@ Result<std::map<std::string, std::string>> ParseApiKeys(const std::string& text,
 }
 
 Result<std::map<std::string, std::string>> LoadApiKeys(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return NotFound(path + ": cannot open the API key file");
-  std::ostringstream text;
-  text << in.rdbuf();
-  return ParseApiKeys(text.str(), path);
+  PONDER_ASSIGN_OR_RETURN(const std::string text, ReadTextFile(path, "the API key file"));
+  return ParseApiKeys(text, path);
 }
 
 bool ConstantTimeEquals(std::string_view a, std::string_view b) {
