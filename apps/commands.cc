@@ -148,7 +148,7 @@ void AddGenerateCommand(CLI::App& app, int& exit_code) {
                                       "latent-diff, cosine, argmax-stability); --steps is then "
                                       "the maximum");
   cmd->add_option("--exit-threshold", a->exit_threshold, "Threshold of the exit rule")
-      ->check(FiniteIn(0.0, 1e9))
+      ->check(FiniteIn(0.0, 1e9, /*open_low=*/true))
       ->needs(exit);
   cmd->add_option("--min-steps", a->min_steps, "With --exit: iterations before any exit")
       ->check(CLI::Range(1, 4096))
@@ -211,6 +211,12 @@ void AddGenerateCommand(CLI::App& app, int& exit_code) {
       }
       if (a->min_steps > a->steps) {
         exit_code = Fail(InvalidArgument("--min-steps must be <= --steps"));
+        return;
+      }
+      if (*rule == policy::ExitRule::kArgmaxStability && a->exit_threshold >= 0 &&
+          a->exit_threshold != std::floor(a->exit_threshold)) {
+        exit_code = Fail(InvalidArgument(
+            "--exit-threshold: argmax-stability counts checks: a whole number >= 1"));
         return;
       }
       policy::DepthPlan plan;

@@ -48,8 +48,6 @@ void AddBlock(const Config& c, const std::string& prefix, BlockWeights* b,
   add(".mlp.proj.weight", &b->mlp_proj, {d, f});
 }
 
-}  // namespace
-
 // The index of the first NaN or infinity in `t`, or -1 (an exponent of all ones, read from
 // the bits: no conversion).
 int64_t FirstNonFinite(const TensorView& t) {
@@ -68,6 +66,8 @@ int64_t FirstNonFinite(const TensorView& t) {
   }
   return -1;
 }
+
+}  // namespace
 
 Result<Weights> BindWeights(const Config& config, const TensorStore& store) {
   const int64_t d = config.n_embd;
@@ -137,8 +137,9 @@ Result<Weights> BindWeights(const Config& config, const TensorStore& store) {
                            ShapeString(view->shape) + ", expected " + ShapeString(slot.shape));
       continue;
     }
-    // A corrupted checkpoint (NaN or infinity in a weight) would decode as garbage.
-    if (const int64_t at = FirstNonFinite(*view); at >= 0) {
+    // A corrupted checkpoint (NaN or infinity in a weight) would decode as garbage. (A
+    // stored copy of a tied head is never read.)
+    if (const int64_t at = slot.dest != nullptr ? FirstNonFinite(*view) : -1; at >= 0) {
       mismatches.push_back(store.FileOf(name) + ": tensor '" + name +
                            "' holds a NaN or infinity (element " + std::to_string(at) + ")");
       continue;

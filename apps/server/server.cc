@@ -429,13 +429,18 @@ void Server::Impl::Routes() {
       message = "request body larger than " + std::to_string(options.max_body_bytes) +
                 " bytes (--max-body-bytes)";
       code = "payload_too_large";
+    } else if (r.status == 400 && !q.has_header("REMOTE_ADDR")) {
+      // (httplib sets REMOTE_ADDR once the request line and headers have parsed.)
+      message = "malformed HTTP request (request line or headers)";
     } else if (r.status == 400 && q.method == "POST" && !q.has_header("Content-Length") &&
                !q.has_header("Transfer-Encoding")) {
       message = "a POST needs a Content-Length header, also for an empty body (curl: -d '')";
     } else if (r.status == 400 && q.has_header("Content-Encoding")) {
-      message = "Content-Encoding " + q.get_header_value("Content-Encoding") + " is not supported";
+      message = "the body could not be decoded (Content-Encoding " +
+                q.get_header_value("Content-Encoding") + ": corrupt or truncated?)";
     } else if (r.status == 416) {
-      message = "malformed Range header";
+      // (httplib checks Range before the pre-routing handler can drop it.)
+      message = "unsupported or malformed Range header (Range is ignored otherwise)";
     }
     SendJson(r, r.status,
              ErrorBody(MakeError(r.status, message, "invalid_request_error", "", code)));
