@@ -107,6 +107,11 @@ __global__ void EmbedKernel(const int32_t* tokens, const W* wte, int64_t d, floa
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x) e[r * d + j] = Load(src, j) * scale;
 }
 
+// 1 / rms of a row (with eps) from each thread's sum of squares of its elements.
+__device__ inline float RmsScale(float ss, int64_t d, float eps, float* red) {
+  return 1.0f / sqrtf(BlockSum(ss, red) / static_cast<float>(d) + eps);
+}
+
 // The first half of a row norm, shared by the norm kernels: with `yr`, xr += yr in place;
 // returns 1 / rms(xr) (with eps). Each thread writes only the elements it read.
 __device__ float AddAndRmsScale(float* xr, const float* yr, int64_t d, float eps, float* red) {
@@ -120,7 +125,7 @@ __device__ float AddAndRmsScale(float* xr, const float* yr, int64_t d, float eps
     }
     ss += v * v;
   }
-  return 1.0f / sqrtf(BlockSum(ss, red) / static_cast<float>(d) + eps);
+  return RmsScale(ss, d, eps, red);
 }
 
 // Elements of a row each thread of a norm kernel keeps in registers in the norms' lean form
@@ -135,6 +140,27 @@ __device__ inline void LoadRow(const float* p, int64_t d, float (&v)[P]) {
     const int j = static_cast<int>(threadIdx.x + i * blockDim.x);
     v[i] = j < d ? p[j] : 0.0f;
   }
+}
+
+// v += thread t's elements of the row yr (LoadRow's), when yr is not null.
+template <int P>
+__device__ inline void AddRow(const float* yr, int64_t d, float (&v)[P]) {
+  if (yr == nullptr) return;
+  float yv[P];
+  LoadRow(yr, d, yv);
+#pragma unroll
+  for (int i = 0; i < P; ++i) v[i] += yv[i];
+}
+
+// RmsScale of a row held in registers (LoadRow's slots), its squares summed in slot order.
+template <int P>
+__device__ inline float RmsScaleInRegisters(const float (&v)[P], int64_t d, float eps, float* red) {
+  float ss = 0.0f;
+#pragma unroll
+  for (int i = 0; i < P; ++i) {
+    if (static_cast<int>(threadIdx.x + i * blockDim.x) < d) ss += v[i] * v[i];
+  }
+  return RmsScale(ss, d, eps, red);
 }
 
 // out[r] = rmsnorm(x[r] (+ y[r])) * w; x, y and out may alias (each thread writes only the
@@ -155,20 +181,11 @@ __global__ void __launch_bounds__(kRowThreads)
 #pragma unroll 4
     for (int64_t j = threadIdx.x; j < d; j += blockDim.x) out[r * d + j] = (xr[j] * scale) * w[j];
   } else {
-    float v[P], wv[P], yv[P];
+    float v[P], wv[P];
     LoadRow(xr, d, v);
     LoadRow(w, d, wv);
-    if (yr != nullptr) {
-      LoadRow(yr, d, yv);
-#pragma unroll
-      for (int i = 0; i < P; ++i) v[i] += yv[i];
-    }
-    float ss = 0.0f;
-#pragma unroll
-    for (int i = 0; i < P; ++i) {
-      if (static_cast<int>(threadIdx.x + i * blockDim.x) < d) ss += v[i] * v[i];
-    }
-    const float scale = 1.0f / sqrtf(BlockSum(ss, red) / static_cast<float>(d) + eps);
+    AddRow(yr, d, v);
+    const float scale = RmsScaleInRegisters(v, d, eps, red);
 #pragma unroll
     for (int i = 0; i < P; ++i) {
       const int j = static_cast<int>(threadIdx.x + i * blockDim.x);
@@ -201,25 +218,16 @@ __global__ void __launch_bounds__(kRowThreads)
       xr[j] = v;
       ss2 += v * v;
     }
-    const float scale2 = 1.0f / sqrtf(BlockSum(ss2, red) / static_cast<float>(d) + eps);
+    const float scale2 = RmsScale(ss2, d, eps, red);
 #pragma unroll 4
     for (int64_t j = threadIdx.x; j < d; j += blockDim.x) h[r * d + j] = (xr[j] * scale2) * wb[j];
   } else {
-    float v[P], av[P], bv[P], yv[P];
+    float v[P], av[P], bv[P];
     LoadRow(xr, d, v);
     LoadRow(wa, d, av);
     LoadRow(wb, d, bv);
-    if (yr != nullptr) {
-      LoadRow(yr, d, yv);
-#pragma unroll
-      for (int i = 0; i < P; ++i) v[i] += yv[i];
-    }
-    float ss = 0.0f;
-#pragma unroll
-    for (int i = 0; i < P; ++i) {
-      if (static_cast<int>(threadIdx.x + i * blockDim.x) < d) ss += v[i] * v[i];
-    }
-    const float scale = 1.0f / sqrtf(BlockSum(ss, red) / static_cast<float>(d) + eps);
+    AddRow(yr, d, v);
+    const float scale = RmsScaleInRegisters(v, d, eps, red);
     float ss2 = 0.0f;
 #pragma unroll
     for (int i = 0; i < P; ++i) {
@@ -230,7 +238,7 @@ __global__ void __launch_bounds__(kRowThreads)
         ss2 += v[i] * v[i];
       }
     }
-    const float scale2 = 1.0f / sqrtf(BlockSum(ss2, red) / static_cast<float>(d) + eps);
+    const float scale2 = RmsScale(ss2, d, eps, red);
 #pragma unroll
     for (int i = 0; i < P; ++i) {
       const int j = static_cast<int>(threadIdx.x + i * blockDim.x);
