@@ -215,10 +215,14 @@ INSTANTIATE_TEST_SUITE_P(Checkpoints, CudaParityTest,
 // rounding and summation order differ. A random recurrence amplifies rounding with depth
 // (tests/exec/golden_test.cc), so deep runs compare in f32.
 // Huginn-0125's structure at a test's width, random bf16 weights.
-ponder::testing::RandomModel HuginnShaped(uint64_t seed) {
-  model::Config cfg = ponder::testing::SmallConfig(256, 4, 640, 2, 4, 2);
+// A random checkpoint of `cfg` with an untied head (as Huginn-0125's).
+ponder::testing::RandomModel Untied(model::Config cfg, DType dtype, uint64_t seed) {
   cfg.tie_embeddings = false;
-  return ponder::testing::RandomModel(cfg, DType::kBF16, seed);
+  return ponder::testing::RandomModel(cfg, dtype, seed);
+}
+
+ponder::testing::RandomModel HuginnShaped(uint64_t seed) {
+  return Untied(ponder::testing::SmallConfig(256, 4, 640, 2, 4, 2), DType::kBF16, seed);
 }
 
 TEST(CudaParityHuginnShapeTest, RandomBf16Checkpoint) {
@@ -361,9 +365,9 @@ TEST(CudaBatchTest, BatchedCoreStepsMatchTheCpuAtEveryBatchSize) {
 // core steps and logits of 4 to 32 sequences against the CPU, with and without
 // programmatic dependent launch, graphs on.
 TEST(CudaBatchTest, MmaKernelWithSplitKMatchesTheCpu) {
-  model::Config cfg = ponder::testing::SmallConfig(1024, 8, 2816, 1, 2, 1, 4096);
-  cfg.tie_embeddings = false;
-  ponder::testing::RandomModel rm(cfg, DType::kBF16, 21);
+  ponder::testing::RandomModel rm =
+      Untied(ponder::testing::SmallConfig(1024, 8, 2816, 1, 2, 1, 4096), DType::kBF16, 21);
+  const model::Config& cfg = rm.config();
   cpu::CpuModel cpu(rm.config(), rm.weights(), nullptr);
   CUDA_OR_SKIP(gpu, rm.config(), rm.weights(), "bf16");
 #ifdef PONDER_HAVE_CUDA
@@ -466,9 +470,9 @@ TEST(CudaBatchTest, CoreStepsInOneCallMatchTheCpu) {
 // size, give bitwise the same states and logits either way (graphs on: the third decode
 // token replays the second's graph).
 TEST(CudaLeanKernelsTest, SameResultsAsTheStreamedKernels) {
-  model::Config cfg = ponder::testing::SmallConfig(2304, 24, 2048, 1, 2, 1, 4096);
-  cfg.tie_embeddings = false;
-  ponder::testing::RandomModel rm(cfg, DType::kBF16, 29);
+  ponder::testing::RandomModel rm =
+      Untied(ponder::testing::SmallConfig(2304, 24, 2048, 1, 2, 1, 4096), DType::kBF16, 29);
+  const model::Config& cfg = rm.config();
   CUDA_OR_SKIP(gpu, rm.config(), rm.weights(), "bf16");
 #ifdef PONDER_HAVE_CUDA
   auto* model = static_cast<cuda::CudaModel*>(gpu.get());
@@ -590,9 +594,9 @@ TEST(CudaExitParityTest, PerTokenExitStepsAgreeOnScenarioWorkloads) {
 // double rounding; argmax exactly), check after check for two sequences, one of which
 // starts a new token; LastLogits gives the same rows either way.
 TEST(CudaSignalsTest, DeviceValuesMatchTheHostsOnTheSameLogits) {
-  model::Config cfg = ponder::testing::SmallConfig(256, 4, 640, 2, 4, 2, 8192);
-  cfg.tie_embeddings = false;
-  ponder::testing::RandomModel rm(cfg, DType::kF32, 17);
+  ponder::testing::RandomModel rm =
+      Untied(ponder::testing::SmallConfig(256, 4, 640, 2, 4, 2, 8192), DType::kF32, 17);
+  const model::Config& cfg = rm.config();
   CUDA_OR_SKIP(gpu, rm.config(), rm.weights(), "f32");
 #ifdef PONDER_HAVE_CUDA
   auto* model = static_cast<cuda::CudaModel*>(gpu.get());
