@@ -30,7 +30,6 @@ struct DepthBatcher::Seq {
   bool done = false;               // finished: the result is ready
   bool have_logits = false;        // this step ran a logit check (its logits are with the backend)
   bool logits_from_check = false;  // ... and came from the exit step's check
-  std::vector<float> logits;
   policy::Decision decision;
   std::chrono::steady_clock::time_point t0;
   AdaptiveResult result;
@@ -340,28 +339,25 @@ Status DepthBatcher::Tick() {
       }
     }
   }
-  // Exiting tokens sample from their check's logits (fetched before anything else runs the
-  // coda), or from one coda + head pass now.
-  auto take = [&](const std::vector<size_t>& which, const float* rows) {
-    for (size_t k = 0; k < which.size(); ++k) {
-      run[which[k]]->logits.assign(rows + k * v, rows + (k + 1) * v);
-    }
-  };
+  // Exiting tokens sample from their check's logits (fetched first: anything that runs the
+  // coda replaces them), or from one coda + head pass now, each read where it lands in
+  // logits_.
+  logits_.resize((from_check.size() + need_head.size()) * v);
+  std::vector<const float*> logits_of(run.size(), nullptr);
   if (!from_check.empty()) {
-    logits_.resize(from_check.size() * v);
     model_.LastLogits(from_check, logits_.data());
-    std::vector<size_t> which;
-    for (size_t k : from_check) which.push_back(want_logits[k]);
-    take(which, logits_.data());
+    for (size_t k = 0; k < from_check.size(); ++k) {
+      logits_of[want_logits[from_check[k]]] = logits_.data() + k * v;
+    }
   }
   if (!need_head.empty()) {
+    float* head = logits_.data() + from_check.size() * v;
     gather(need_head);
-    logits_.resize(need_head.size() * v);
-    model_.Coda(chunks_, s_.data(), /*last_only=*/true, logits_.data());
-    take(need_head, logits_.data());
+    model_.Coda(chunks_, s_.data(), /*last_only=*/true, head);
+    for (size_t k = 0; k < need_head.size(); ++k) logits_of[need_head[k]] = head + k * v;
   }
   for (size_t i : exiting) run[i]->logits_from_check = run[i]->have_logits;
-  for (size_t i : exiting) EmitToken(*run[i], run[i]->logits.data());
+  for (size_t i : exiting) EmitToken(*run[i], logits_of[i]);
   return Status::Ok();
 }
 
