@@ -214,7 +214,7 @@ void AddGenerateCommand(CLI::App& app, int& exit_code) {
         return;
       }
       if (*rule == policy::ExitRule::kArgmaxStability && a->exit_threshold >= 0 &&
-          a->exit_threshold != std::floor(a->exit_threshold)) {
+          !policy::ThresholdSuits(*rule, a->exit_threshold)) {
         exit_code = Fail(InvalidArgument(
             "--exit-threshold: argmax-stability counts checks: a whole number >= 1"));
         return;

@@ -62,6 +62,14 @@ SignalKind RequiredSignal(ExitRule rule) { return Info(rule).signal; }
 
 double DefaultThreshold(ExitRule rule) { return Info(rule).threshold; }
 
+bool ThresholdSuits(ExitRule rule, double threshold) {
+  if (!std::isfinite(threshold)) return false;
+  if (rule == ExitRule::kArgmaxStability) {
+    return threshold >= 1 && threshold == std::floor(threshold);
+  }
+  return threshold > 0;
+}
+
 std::vector<double> LogSoftmax(std::span<const float> logits) {
   std::vector<double> out(logits.size());
   if (logits.empty()) return out;
@@ -193,7 +201,7 @@ bool CriterionState::ObserveArgmax(int64_t token) {
 
 void SignalTracker::Begin(std::span<const float> initial_latent) {
   prev_log_probs_.clear();
-  prev_entropy_ = 100.0;
+  prev_entropy_ = kInitialEntropy;
   prev_latent_.assign(initial_latent.begin(), initial_latent.end());
 }
 

@@ -50,6 +50,10 @@ SignalKind RequiredSignal(ExitRule rule);
 // entropy-diff 1e-3, latent-diff 0.03, cosine 1e-3, argmax-stability 5 (checks), none 0.
 double DefaultThreshold(ExitRule rule);
 
+// Whether `threshold` suits `rule`: finite, and a whole number of checks >= 1 for
+// argmax-stability, > 0 for the others.
+bool ThresholdSuits(ExitRule rule, double threshold);
+
 // ---- Pure signal functions. Rows are one token's values: logits [vocab], latents [hidden].
 // Rows given together must have the same length (a mismatch is a programmer error: asserts,
 // and returns +infinity in release builds so that nothing converges on it).
@@ -58,9 +62,14 @@ double DefaultThreshold(ExitRule rule);
 std::vector<double> LogSoftmax(std::span<const float> logits);
 // log of the uniform distribution over `vocab` entries: every entry -log(vocab). [vocab]
 std::vector<double> UniformLogProbs(size_t vocab);
+// The reference's min-p cut of minp-kl, and the entropy an entropy-diff check is taken
+// against before a token's first (the reference's start value).
+inline constexpr double kMinP = 0.1;
+inline constexpr double kInitialEntropy = 100.0;
+
 // The reference's min-p view of a distribution: probabilities below min_p * max(p) are set
 // to 1/V (V = logits.size()), then the whole row is renormalised; returns the log. [vocab]
-std::vector<double> MinpLogProbs(std::span<const float> logits, double min_p = 0.1);
+std::vector<double> MinpLogProbs(std::span<const float> logits, double min_p = kMinP);
 // KL(prev || cur) = sum_i prev_i (log prev_i - log cur_i), from log-probabilities. Terms with
 // prev_i == 0 contribute 0.
 double KlDivergence(std::span<const double> prev_log_probs, std::span<const double> cur_log_probs);
@@ -132,7 +141,7 @@ class SignalTracker {
 
  private:
   std::vector<double> prev_log_probs_;  // empty: uniform, materialised on first use
-  double prev_entropy_ = 100.0;
+  double prev_entropy_ = kInitialEntropy;
   std::vector<float> prev_latent_;
 };
 

@@ -47,9 +47,7 @@ Status ApplyOverrides(const Request& request, DepthPlan* plan) {
   if (request.exit_threshold.has_value()) {
     const double threshold = *request.exit_threshold;
     const bool argmax = plan->rule == ExitRule::kArgmaxStability;
-    const bool ok = std::isfinite(threshold) &&
-                    (argmax ? threshold >= 1 && threshold == std::floor(threshold) : threshold > 0);
-    if (!ok) {
+    if (!ThresholdSuits(plan->rule, threshold)) {
       return InvalidArgument(std::string("request: exit_threshold must be ") +
                              (argmax ? "a whole number >= 1" : "> 0") + " for rule " +
                              std::string(ExitRuleName(plan->rule)));

@@ -160,16 +160,12 @@ Status Parser::ParseExit(const json& value, const std::string& path, const TaskC
   out->rule = *rule;
   out->threshold = DefaultThreshold(out->rule);
   PONDER_RETURN_IF_ERROR(Double(value, path, "threshold", &out->threshold, false));
-  if (Find(value, "threshold") != nullptr) {
-    if (out->rule == ExitRule::kArgmaxStability) {
-      if (out->threshold < 1 || out->threshold != std::floor(out->threshold)) {
-        return Fail(Child(path, "threshold"),
-                    "must be a whole number of checks >= 1 for argmax-stability (got " +
-                        Num(out->threshold) + ")");
-      }
-    } else if (out->threshold <= 0) {
-      return Fail(Child(path, "threshold"), "must be > 0 (got " + Num(out->threshold) + ")");
-    }
+  if (Find(value, "threshold") != nullptr && !ThresholdSuits(out->rule, out->threshold)) {
+    return Fail(Child(path, "threshold"),
+                (out->rule == ExitRule::kArgmaxStability
+                     ? "must be a whole number of checks >= 1 for argmax-stability (got "
+                     : "must be > 0 (got ") +
+                    Num(out->threshold) + ")");
   }
   PONDER_RETURN_IF_ERROR(Int(value, path, "check_every", &out->check_every, false));
   if (out->check_every < 1) {
