@@ -932,7 +932,7 @@ class CudaLogitHistory : public TrackedLogitHistory {
   void Reset() override {
     TrackedLogitHistory::Reset();
     has_prev = false;
-    prev_entropy = 100.0;
+    prev_entropy = policy::kInitialEntropy;
   }
   double* Buffer() {
     // (cudaMalloc's alignment suits doubles.)
@@ -942,7 +942,7 @@ class CudaLogitHistory : public TrackedLogitHistory {
 
   double* prev = nullptr;
   bool has_prev = false;
-  double prev_entropy = 100.0;
+  double prev_entropy = policy::kInitialEntropy;
 
  private:
   std::shared_ptr<DevicePages> pool_;
@@ -991,7 +991,7 @@ struct CudaModel::Impl {
   // Logit checks (CodaChecks): on the device, or on the host from downloaded logits.
   bool device_signals = false;
   std::shared_ptr<DevicePages> histories;  // CudaLogitHistory's buffers
-  DeviceBuffer<unsigned char> check_rows;  // the RowCheck of each row
+  DeviceBuffer<RowCheck> check_rows;       // the RowCheck of each row
   DeviceBuffer<double> check_out;
   bool checks_on_host = true;       // the last CodaChecks ran the host computation
   DeviceBuffer<float> mma_ws;       // MmaKernel's partial tiles
@@ -1176,6 +1176,10 @@ struct CudaModel::Impl {
   size_t MmaWorkspace(int64_t n, int64_t rows, int64_t k) const {
     int64_t splits = 1;
     MmaSplit(n, rows, k, &splits);
+    return MmaPartials(splits, n, rows);
+  }
+  // ... for `splits` splits (none without a split).
+  static size_t MmaPartials(int64_t splits, int64_t n, int64_t rows) {
     return splits > 1 ? static_cast<size_t>(splits * n * rows) : 0;
   }
 
@@ -1197,7 +1201,7 @@ struct CudaModel::Impl {
     int64_t splits = 1;
     const int64_t per = MmaSplit(n, rows, k, &splits);
     const int64_t tiles = (rows + kMmaTileRows - 1) / kMmaTileRows;
-    float* ws = mma_ws.Get(std::max<size_t>(MmaWorkspace(n, rows, k), 1));
+    float* ws = mma_ws.Get(std::max<size_t>(MmaPartials(splits, n, rows), 1));
     unsigned* done = MmaCounters(tiles);
     const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(splits));
     constexpr unsigned threads = kMmaWarps * 32;
@@ -2077,12 +2081,12 @@ void CudaModel::CodaChecks(std::span<const Chunk> chunks, const float* s,
     rc[b] = {kl ? hist[b]->Buffer() : nullptr, static_cast<int32_t>(rule),
              hist[b]->has_prev ? 1 : 0};
   }
-  auto* rows_dev = reinterpret_cast<RowCheck*>(im.check_rows.Get(rc.size() * sizeof(RowCheck)));
+  RowCheck* rows_dev = im.check_rows.Get(rc.size());
   PONDER_CUDA_CHECK(cudaMemcpyAsync(rows_dev, rc.data(), rc.size() * sizeof(RowCheck),
                                     cudaMemcpyHostToDevice, im.stream));
   double* outd = im.check_out.Get(chunks.size());
   im.Launch(LogitSignalKernel, dim3(static_cast<unsigned>(b_count)), dim3(kRowThreads), 0, ld, v,
-            config_.vocab_size, static_cast<const RowCheck*>(rows_dev), 0.1, outd);
+            config_.vocab_size, rows_dev, policy::kMinP, outd);
   PONDER_CUDA_CHECK(cudaGetLastError());
   std::vector<double> raw(chunks.size());
   PONDER_CUDA_CHECK(cudaMemcpyAsync(raw.data(), outd, raw.size() * sizeof(double),
